@@ -1,0 +1,3 @@
+"""hubkiln: bake ready JupyterHub virtual machine images from a YAML course profile."""
+
+__version__ = "0.1.0"

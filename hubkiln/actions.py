@@ -1,0 +1,89 @@
+"""What each invoke task does, one function per task.
+
+`tasks.py` stays thin: it parses options and calls one function here. Every
+function validates the profile first, so nothing is written or built after a
+validation error, and raises HubkilnError subclasses that the task turns into
+`Exit` with the message and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import packer
+from .errors import BuildError
+from .preflight import check_host_tools
+from .profile import PROJECT_DIR, Profile, load_profile
+from .reference import update_readme
+from .render import OUTPUT_DIR, render_templates
+
+#: Caches of bootstrapped and provisioned root filesystems (git-ignored).
+CACHE_DIR = Path(os.environ.get("HUBKILN_CACHE", PROJECT_DIR / ".cache"))
+
+#: Placeholder values that let `packer validate` check cloud sources here;
+#: the real ones are given when a cloud build runs.
+CLOUD_PLACEHOLDERS = {
+    "cloud_region": "placeholder-region-1",
+    "cloud_project": "placeholder-project",
+    "cloud_resource_group": "placeholder-group",
+}
+
+
+def render(profile_ref: str) -> tuple[Profile, Path]:
+    """Validate the profile and render its Packer templates; return the folder."""
+    profile = load_profile(profile_ref)
+    return profile, render_templates(profile)
+
+
+def validation_vars(scratch: Path, profile: Profile) -> dict[str, str]:
+    """Per-build variables that point at throwaway files, for `packer validate` only."""
+    key = scratch / "validate-key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hubkiln-validate", "-f", str(key)],
+        check=True,
+    )
+    seed = scratch / "seed"
+    seed.mkdir()
+    for name in ("user-data", "meta-data"):
+        (seed / name).write_text("#cloud-config\n" if name == "user-data" else "")
+    values = {"ssh_private_key_file": str(key), "seed_dir": str(seed)}
+    if profile["outputs"]["cloud_builders"]:
+        values.update(CLOUD_PLACEHOLDERS)
+    return values
+
+
+def validate(profile_ref: str) -> tuple[Profile, Path]:
+    """Render, then run `packer validate` on the rendered folder."""
+    check_host_tools(["packer", "ssh-keygen"])
+    profile, folder = render(profile_ref)
+    with tempfile.TemporaryDirectory(prefix="hubkiln-validate-") as tmp:
+        argv = packer.validate_command(folder, vars=validation_vars(Path(tmp), profile))
+        result = subprocess.run(argv, capture_output=True, text=True,
+                                env={**os.environ, **packer.PACKER_BASE_ENV})
+    if result.returncode != 0:
+        raise BuildError(
+            f"packer validate failed for {folder}:\n{(result.stdout + result.stderr).strip()}",
+            hint="fix the template in packer/ or the value in the profile, then run "
+            "`invoke validate` again",
+        )
+    return profile, folder
+
+
+def update_docs() -> bool:
+    """Regenerate the profile reference in README.md; return True when it changed."""
+    return update_readme(PROJECT_DIR / "README.md")
+
+
+def clean(*, include_caches: bool) -> list[Path]:
+    """Remove output/ (and the cache with `include_caches`); return what was removed."""
+    targets = [OUTPUT_DIR] + ([CACHE_DIR] if include_caches else [])
+    removed = []
+    for target in targets:
+        if target.exists():
+            shutil.rmtree(target)
+            removed.append(target)
+    return removed

@@ -1,0 +1,271 @@
+"""The build: render → validate → rootfs → disk → bake → outputs, as a flat list of steps.
+
+Each step is named after what it does and returns early when its result is
+already cached. Heavy layers (the bootstrapped OS, then the Python and Node
+environments) are cached under `.cache/rootfs/` by a hash of everything that
+shapes them; the light ones (hub settings, content) are applied to a copy at
+every build. Intermediate files live in `.cache/work/<profile>/`; only
+finished artifacts reach `output/<profile>/` (see artifacts.publish).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__, accel, artifacts, chroot, disk, packer, rootfs, seed
+from .errors import BuildError
+from .preflight import check_host_tools
+from .proc import run
+from .profile import Profile, load_profile, parse_size
+from .progress import Progress
+from .provision import PROVISION_DIR, Step, provision_env, script_path, steps_in
+from .render import BUILD_USER, output_dir, render_templates
+
+CACHE_DIR = Path(os.environ.get("HUBKILN_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+ROOT_LABEL = "hubkiln-root"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+#: Where the provision scripts install the environments (for the inventory).
+VENVS = {"hub": Path("/opt/hubkiln/hub"), "user": Path("/opt/hubkiln/user")}
+NODE_MODULES = [Path("/opt/hubkiln/proxy/node_modules")]
+
+BUILD_TOOLS = [
+    "packer", "qemu-system-x86_64", "qemu-img", "mmdebstrap", "sgdisk", "mkfs.ext4",
+    "mkfs.vfat", "mcopy", "ssh-keygen", "ssh", "xorriso",
+]
+
+
+@dataclass
+class BuildPaths:
+    """Where one build of one profile reads and writes."""
+
+    out: Path
+    logs: Path
+    work: Path
+    cache: Path
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> BuildPaths:
+        out = output_dir(profile)
+        return cls(out=out, logs=out / "logs", work=CACHE_DIR / "work" / profile.name,
+                   cache=CACHE_DIR / "rootfs")
+
+
+def digest(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts and file contents."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            files = sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else [part]
+            for f in files:
+                h.update(str(f.relative_to(part if part.is_dir() else part.parent)).encode())
+                h.update(f.read_bytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def base_key(profile: Profile) -> str:
+    """Cache key of the bootstrapped OS."""
+    base = profile["base"]
+    return digest("base", base["os"], base["apt_mirror"], rootfs.package_list(base["os"]),
+                  Path(rootfs.__file__), Path(disk.__file__))
+
+
+def layer_key(parent: str, steps: list[Step], env: dict[str, str]) -> str:
+    """Cache key of a provisioned layer: its parent, its scripts, their shared files, inputs."""
+    return digest(parent, env, *(script_path(s) for s in steps),
+                  PROVISION_DIR / "lib", PROVISION_DIR / "files")
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    """Copy a root filesystem, keeping owners, modes, links and xattrs."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run(["cp", "-a", "--reflink=auto", str(src), str(dest)])
+
+
+def ensure_cached(key_dir: Path, make, progress: Progress, name: str, what: str) -> Path:
+    """Return `key_dir`, making it with `make(tmp)` first unless it is cached."""
+    if key_dir.exists():
+        progress.skip(name, f"{what} ({key_dir.name})")
+        return key_dir
+    key_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in key_dir.parent.glob(f".{key_dir.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key_dir.name}.", dir=key_dir.parent))
+    try:
+        with progress.stage(name, what):
+            make(tmp / "root")
+        os.replace(tmp / "root", key_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return key_dir
+
+
+def build_ca_bundle(profile: Profile, work: Path) -> Path:
+    """The host's CA bundle plus the profile's extra CAs, for the build only."""
+    bundle = work / "build-ca.pem"
+    parts = [HOST_CA_BUNDLE.read_text()] if HOST_CA_BUNDLE.exists() else []
+    parts += [Path(p).read_text() for p in profile["base"]["build_ca_certificates"]]
+    bundle.write_text("\n".join(parts))
+    return bundle
+
+
+def provision(tree: Path, steps: list[Step], env: dict[str, str], ca: Path, proxy: str | None,
+              log: Path, progress: Progress) -> None:
+    """Run `steps` inside a chroot of `tree`, in order."""
+    with chroot.chroot_session(tree, ca_bundle=ca, log=log, proxy=proxy) as session:
+        for step in steps:
+            progress.detail(f"{step.script}: {step.doc}")
+            chroot.run_script(session, script_path(step), env, log, support_dir=PROVISION_DIR)
+
+
+def bake(profile: Profile, template_dir: Path, disk_image: Path, paths: BuildPaths,
+         accelerator: str, progress: Progress) -> Path:
+    """Boot the assembled disk with Packer for the in-VM steps and the seal."""
+    key = paths.work / "build-key"
+    public = seed.make_ssh_key(key, f"hubkiln-build-{profile.name}")
+    seed_dir = seed.write_seed_dir(
+        paths.work / "seed",
+        seed.render_user_data(seed.build_user_data(BUILD_USER, public)),
+        seed.render_meta_data(f"hubkiln-{profile.name}"),
+    )
+    packer_out = paths.work / "packer-out"
+    if packer_out.exists():
+        shutil.rmtree(packer_out)
+    variables = {
+        "disk_image": str(disk_image),
+        "disk_image_checksum": f"sha256:{artifacts.sha256_file(disk_image)}",
+        "output_directory": str(packer_out),
+        "vm_name": "baked.qcow2",
+        "accelerator": accelerator,
+        "ssh_private_key_file": str(key),
+        "seed_dir": str(seed_dir),
+        "serial_log": str(paths.logs / "bake-serial.log"),
+    }
+    argv = packer.build_command(template_dir, vars=variables, only=["qemu.hubkiln"])
+    packer.run_packer_build(
+        argv, log=paths.logs / "bake.log", cwd=template_dir,
+        on_event=lambda event: progress.detail(packer.describe_event(event))
+        if packer.describe_event(event) else None,
+    )
+    key.unlink(missing_ok=True)
+    return packer_out / "baked.qcow2"
+
+
+def build(profile_ref: str, *, accelerator: str | None = None) -> dict[str, Any]:
+    """Build a profile's image; return the manifest."""
+    profile = load_profile(profile_ref)
+    check_host_tools(BUILD_TOOLS)
+    progress = Progress()
+    paths = BuildPaths.for_profile(profile)
+    if paths.logs.exists():
+        shutil.rmtree(paths.logs)
+    paths.logs.mkdir(parents=True)
+    if paths.work.exists():
+        shutil.rmtree(paths.work)
+    paths.work.mkdir(parents=True)
+    started = dt.datetime.now(dt.UTC)
+
+    with progress.stage("render", "Packer templates"):
+        template_dir = render_templates(profile)
+    choice = accel.choose_accelerator(accelerator)
+    progress.console.print(f"    accelerator: {choice.name} ({choice.reason})")
+
+    base = profile["base"]
+    env = provision_env(profile)
+    ca = build_ca_bundle(profile, paths.work)
+    os_key = base_key(profile)
+    os_tree = ensure_cached(
+        paths.cache / f"os-{os_key}",
+        lambda dest: rootfs.bootstrap_rootfs(base["os"], dest, mirror=base["apt_mirror"],
+                                             apt_proxy=base["apt_proxy"],
+                                             log=paths.logs / "rootfs.log"),
+        progress, "rootfs", f"bootstrap {base['os']}",
+    )
+    env_steps = steps_in("envs")
+    envs_key = layer_key(os_key, env_steps, env)
+
+    def make_envs(dest: Path) -> None:
+        copy_tree(os_tree, dest)
+        provision(dest, env_steps, env, ca, base["apt_proxy"], paths.logs / "envs.log", progress)
+
+    envs_tree = ensure_cached(paths.cache / f"envs-{envs_key}", make_envs, progress, "envs",
+                              "OS packages and Python environments (chroot)")
+
+    tree = paths.work / "rootfs"
+    with progress.stage("config", "hub settings and content (chroot)"):
+        copy_tree(envs_tree, tree)
+        provision(tree, steps_in("config"), env, ca, base["apt_proxy"],
+                  paths.logs / "config.log", progress)
+        inventory = artifacts.inventory(tree, VENVS, NODE_MODULES)
+        release = artifacts.os_release(tree)
+        kernel = artifacts.kernel_version(tree)
+
+    raw = paths.work / "disk.raw"
+    assembled = paths.work / "disk.qcow2"
+    with progress.stage("disk", "GPT disk, BIOS and UEFI boot"):
+        disk.assemble_disk(tree, raw, size_bytes=parse_size(base["disk_size"]), label=ROOT_LABEL,
+                           log=paths.logs / "disk.log")
+        shutil.rmtree(tree)
+        disk.convert_image(raw, assembled, fmt="qcow2", compress=False,
+                           log=paths.logs / "disk.log")
+        raw.unlink()
+
+    with progress.stage("bake", f"Packer boots the disk ({choice.name}) for the seal"):
+        baked = bake(profile, template_dir, assembled, paths, choice.name, progress)
+        assembled.unlink()
+
+    with progress.stage("outputs", "compress, checksum, manifest"):
+        manifest = publish_outputs(profile, baked, paths, started, progress.timings, inventory,
+                                   release, kernel)
+    shutil.rmtree(paths.work, ignore_errors=True)
+    return manifest
+
+
+def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: dt.datetime,
+                    timings: dict[str, float], inventory: dict[str, Any],
+                    release: dict[str, str], kernel: str) -> dict[str, Any]:
+    """Compress the baked image and write it, SHA256SUMS and manifest.json into output/."""
+    stem = artifacts.image_stem(profile.name, profile["version"], started.strftime("%Y%m%d"))
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.out))
+    try:
+        image = staging / f"{stem}.qcow2"
+        disk.convert_image(baked, image, fmt="qcow2", compress=True, log=paths.logs / "outputs.log")
+        checksums = {image.name: artifacts.sha256_file(image)}
+        (staging / artifacts.SUMS).write_text(artifacts.render_sums(checksums))
+        manifest = {
+            "profile": profile.name,
+            "description": profile["description"],
+            "hubkiln_version": __version__,
+            "built_at": started.isoformat(timespec="seconds"),
+            "os": {"id": profile["base"]["os"], "pretty_name": release.get("PRETTY_NAME", ""),
+                   "kernel": kernel},
+            "files": [{"name": image.name, "format": "qcow2", "sha256": checksums[image.name],
+                       "bytes": image.stat().st_size,
+                       "virtual_bytes": parse_size(profile["base"]["disk_size"])}],
+            "timings_seconds": dict(timings),
+            "packages": inventory,
+            "validation": {"status": "not-run"},
+        }
+        artifacts.write_json(staging / artifacts.MANIFEST, manifest)
+        artifacts.publish(staging, paths.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def check_image_ready(image: Path) -> None:
+    """Raise unless `image` exists; used by tasks that boot an existing build."""
+    if not image.exists():
+        raise BuildError(f"no image at {image}", hint="run `invoke build --profile=...` first")

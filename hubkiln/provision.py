@@ -1,0 +1,71 @@
+"""The provisioning plan: which `provision/` scripts run, in which layer, with which inputs.
+
+The same scripts run in two places: inside a chroot of the root filesystem
+(at native speed, for the local qemu image) and inside a booted VM (Packer's
+cloud builders). This module is the one list both use, in order, and the one
+place that turns a profile into the scripts' declared environment variables.
+
+Layers group scripts by how often their inputs change, so each layer can be
+cached on its own: `envs` (OS packages and Python environments, heavy, rarely
+changed), `config` (hub settings and content, light), `vm` (needs a running
+system), and `seal` (image hygiene, always last, in the VM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .profile import PROJECT_DIR, Profile
+
+PROVISION_DIR = PROJECT_DIR / "provision"
+
+#: Where the build copies `provision/` inside a guest or chroot.
+GUEST_PROVISION_DIR = "/run/hubkiln-build/provision"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One provisioning script and the layer it belongs to."""
+
+    script: str
+    layer: str
+    doc: str
+
+
+STEPS: tuple[Step, ...] = (
+    Step("10-apt-packages.sh", "envs", "OS packages the hub needs, plus the profile's"),
+    Step("20-hub-env.sh", "envs", "the hub's virtual environment"),
+    Step("30-proxy.sh", "envs", "configurable-http-proxy"),
+    Step("40-user-env.sh", "envs", "the students' environment and kernel"),
+    Step("90-seal.sh", "seal", "image hygiene before capture"),
+)
+
+LAYERS = ("envs", "config", "vm", "seal")
+
+
+def steps_in(*layers: str) -> list[Step]:
+    """The steps of the given layers, in run order."""
+    unknown = set(layers) - set(LAYERS)
+    if unknown:
+        raise ValueError(f"unknown layer(s): {sorted(unknown)}")
+    return [step for step in STEPS if step.layer in layers]
+
+
+def script_path(step: Step) -> Path:
+    """The script's file in this checkout."""
+    return PROVISION_DIR / step.script
+
+
+def provision_env(profile: Profile) -> dict[str, str]:
+    """The declared environment variables that carry the profile into the scripts."""
+    env = profile["environment"]
+    base = profile["base"]
+    return {
+        "HUBKILN_PROFILE": profile.name,
+        "HUBKILN_OS": base["os"],
+        "HUBKILN_APT_PACKAGES": " ".join(env["apt_packages"]),
+        "HUBKILN_APT_PROXY": base["apt_proxy"] or "",
+        "HUBKILN_PYTHON_PACKAGES": "\n".join(env["python_packages"]),
+        "HUBKILN_KERNEL_DISPLAY_NAME": env["kernel_display_name"],
+    }

@@ -1,0 +1,179 @@
+"""Boot a built image locally under qemu, reach it over SSH, and stop it cleanly.
+
+Used by the image tests and `invoke launch`: the image is booted on a
+snapshot (its file is never changed), with a NoCloud seed ISO, user
+networking whose forwards bind 127.0.0.1 only, optionally restricted so the
+guest has no way out, and the serial console in a log file.
+
+Limits: x86_64 guests only; one NIC; ports are picked free at start but could
+in theory be taken by another process before qemu binds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BuildError
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+
+
+@dataclass
+class VmSpec:
+    """What to boot and how."""
+
+    image: Path
+    seed_iso: Path | None
+    serial_log: Path
+    accelerator: str = "tcg"
+    memory_mib: int = 2048
+    cpus: int = 2
+    forwards: dict[int, int] = field(default_factory=dict)  # guest port → host port
+    restrict_network: bool = False
+    firmware: str = "bios"  # or "uefi"
+    uefi_vars: Path | None = None
+    snapshot: bool = True
+    extra_disks: list[Path] = field(default_factory=list)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def netdev_arg(forwards: dict[int, int], restrict: bool) -> str:
+    """qemu user-network options: forwards bound to 127.0.0.1, optionally restricted."""
+    parts = ["user", "id=net0"]
+    if restrict:
+        parts.append("restrict=on")
+    parts += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in sorted(forwards.items())]
+    return ",".join(parts)
+
+
+def qemu_command(spec: VmSpec) -> list[str]:
+    """The qemu command line that boots `spec` (pure)."""
+    snapshot = ",snapshot=on" if spec.snapshot else ""
+    cmd = [
+        "qemu-system-x86_64", "-name", "hubkiln", "-machine", "q35",
+        "-accel", spec.accelerator, "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
+        "-display", "none", "-monitor", "none", "-serial", f"file:{spec.serial_log}",
+        "-drive", f"file={spec.image},if=virtio,format=qcow2,discard=unmap{snapshot}",
+        "-netdev", netdev_arg(spec.forwards, spec.restrict_network),
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+    ]
+    for disk in spec.extra_disks:
+        cmd += ["-drive", f"file={disk},if=virtio,format=qcow2"]
+    if spec.seed_iso:
+        cmd += ["-drive", f"file={spec.seed_iso},media=cdrom,readonly=on"]
+    if spec.firmware == "uefi":
+        if spec.uefi_vars is None:
+            raise ValueError("UEFI boot needs a writable copy of OVMF_VARS.fd (uefi_vars)")
+        cmd += [
+            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,file={spec.uefi_vars}",
+        ]
+    return cmd
+
+
+def ssh_command(port: int, user: str, key: Path, command: str, *, timeout: int = 10) -> list[str]:
+    """ssh to a local guest: key only, no host-key bookkeeping (guests are throwaway)."""
+    return [
+        "ssh", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", f"ConnectTimeout={timeout}",
+        "-o", "IdentitiesOnly=yes", "-i", str(key), "-p", str(port), f"{user}@127.0.0.1",
+        command,
+    ]
+
+
+class Vm:
+    """A running guest. Use as a context manager: it is always stopped on exit."""
+
+    def __init__(self, spec: VmSpec):
+        self.spec = spec
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Vm:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        spec = self.spec
+        if spec.firmware == "uefi" and spec.uefi_vars and not spec.uefi_vars.exists():
+            shutil.copyfile(OVMF_VARS, spec.uefi_vars)
+        spec.serial_log.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            qemu_command(spec), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def serial_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.spec.serial_log.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no serial output)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def ssh(self, user: str, key: Path, command: str, *, timeout: float = 600,
+            check: bool = True) -> subprocess.CompletedProcess:
+        """Run `command` in the guest over the forwarded SSH port."""
+        port = self.spec.forwards[22]
+        result = subprocess.run(ssh_command(port, user, key, command), capture_output=True,
+                                text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise BuildError(f"in the VM, `{command}` failed ({result.returncode}):\n"
+                             f"{(result.stdout + result.stderr).strip()}")
+        return result
+
+    def wait_for_ssh(self, user: str, key: Path, timeout: float = 600) -> float:
+        """Wait until SSH accepts `key`; return seconds waited. Raise with the console tail."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if not self.alive():
+                output = self.process.stdout.read().decode(errors="replace") if self.process \
+                    and self.process.stdout else ""
+                raise BuildError(f"the VM stopped before SSH answered:\n{output}\n"
+                                 f"{self.serial_tail()}")
+            result = self.ssh(user, key, "true", timeout=30, check=False)
+            if result.returncode == 0:
+                return time.monotonic() - started
+            time.sleep(3)
+        raise BuildError(
+            f"SSH did not answer within {timeout:.0f}s; the console ended with:\n"
+            f"{self.serial_tail()}",
+            hint=f"see the whole console log in {self.spec.serial_log}",
+        )
+
+    def stop(self, grace: float = 5) -> None:
+        """Stop qemu and everything it started; never leave a guest running."""
+        if not self.process:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=grace)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                # It may end between the two signals: then there is nothing left to stop.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.process = None

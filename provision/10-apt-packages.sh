@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install the base runtime of the hub from the OS archive, plus the profile's
+# apt packages. Optional build-only apt proxy (removed again by 90-seal.sh).
+#
+# Inputs:
+#   HUBKILN_APT_PACKAGES  optional, package names separated by spaces (may be empty)
+#   HUBKILN_APT_PROXY     optional, http://host:port of an apt cache, build only
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+require_root
+
+# python3-venv: the envs are venvs; git: nbgitpuller; ca-certificates: HTTPS.
+# Node.js is not needed here: 30-proxy.sh brings the runtime of the proxy.
+BASE_PACKAGES=(python3 python3-venv git ca-certificates)
+
+split_words PROFILE_PACKAGES "${HUBKILN_APT_PACKAGES:-}"
+for pkg in "${PROFILE_PACKAGES[@]}"; do
+    [[ "$pkg" =~ ^[a-z0-9][a-z0-9+.:=~-]*$ ]] \
+        || die "HUBKILN_APT_PACKAGES: '$pkg' is not a package name (name, name=version or name:arch)"
+done
+
+if [[ -n "${HUBKILN_APT_PROXY:-}" ]]; then
+    [[ "$HUBKILN_APT_PROXY" =~ ^https?://[^[:space:]\"\;]+$ ]] \
+        || die "HUBKILN_APT_PROXY must look like http://host:port, got '$HUBKILN_APT_PROXY'"
+    announce "writing the build-only apt proxy drop-in $HUBKILN_APT_PROXY_DROPIN"
+    printf '%s\n' \
+        "// hubkiln BUILD-ONLY apt proxy: removed by provision/90-seal.sh before capture." \
+        "Acquire::http::Proxy \"$HUBKILN_APT_PROXY\";" >"$HUBKILN_APT_PROXY_DROPIN"
+elif [[ -e "$HUBKILN_APT_PROXY_DROPIN" ]]; then
+    announce "removing the apt proxy drop-in (HUBKILN_APT_PROXY is unset)"
+    rm -f "$HUBKILN_APT_PROXY_DROPIN"
+fi
+
+announce "updating the apt package lists"
+apt-get "${HUBKILN_APT_OPTS[@]}" update
+
+announce "installing the base runtime: ${BASE_PACKAGES[*]}"
+apt-get "${HUBKILN_APT_OPTS[@]}" install --no-install-recommends "${BASE_PACKAGES[@]}"
+
+if ((${#PROFILE_PACKAGES[@]})); then
+    announce "installing the profile's apt packages: ${PROFILE_PACKAGES[*]}"
+    apt-get "${HUBKILN_APT_OPTS[@]}" install --no-install-recommends "${PROFILE_PACKAGES[@]}"
+fi
+
+announce "cleaning the apt cache"
+apt-get clean

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The students' Python environment at /opt/hubkiln/user, separate from the hub's:
+# JupyterLab, Notebook, jupyterhub-singleuser, ipykernel, nbgitpuller and
+# ipywidgets (files/user-requirements.txt) plus the profile's packages, and one
+# kernel registered inside the env. Root-owned and read-only for students.
+# Rebuilt from scratch only when its inputs change.
+#
+# Inputs:
+#   HUBKILN_PYTHON_PACKAGES      optional, requirement specifiers separated by
+#                                spaces or newlines (e.g. "networkx pulp==2.9.0")
+#   HUBKILN_KERNEL_NAME          optional, kernelspec name (default python3)
+#   HUBKILN_KERNEL_DISPLAY_NAME  optional, name shown in the launcher
+#                                (default "Python 3 (ipykernel)")
+#   HUBKILN_UV                   optional, path to a uv binary to use
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+require_root
+
+USER_ENV="$HUBKILN_PREFIX/user"
+BASE="$HUBKILN_FILES/user-requirements.txt"
+STAMP="$USER_ENV/.hubkiln-inputs"
+KERNEL_NAME="${HUBKILN_KERNEL_NAME:-python3}"
+KERNEL_DISPLAY_NAME="${HUBKILN_KERNEL_DISPLAY_NAME:-Python 3 (ipykernel)}"
+command -v python3 >/dev/null || die "python3 is missing: run 10-apt-packages.sh first"
+
+[[ "$KERNEL_NAME" =~ ^[A-Za-z0-9._-]+$ ]] \
+    || die "HUBKILN_KERNEL_NAME='$KERNEL_NAME': use only letters, digits, '.', '_' and '-'"
+split_words PROFILE_PACKAGES "${HUBKILN_PYTHON_PACKAGES:-}"
+for spec in "${PROFILE_PACKAGES[@]}"; do
+    [[ "$spec" != -* ]] \
+        || die "HUBKILN_PYTHON_PACKAGES: '$spec' is an option; only requirement specifiers are allowed"
+done
+
+make_scratch
+# Keep Jupyter and IPython from leaving per-user state in root's home.
+export JUPYTER_CONFIG_DIR="$SCRATCH/jupyter-config" JUPYTER_DATA_DIR="$SCRATCH/jupyter-data" \
+    JUPYTER_RUNTIME_DIR="$SCRATCH/jupyter-runtime" IPYTHONDIR="$SCRATCH/ipython"
+
+digest="$(inputs_digest "$(python3 -c 'import sys; print(sys.version_info[:2])')" \
+    "$(cat "$BASE")" "${PROFILE_PACKAGES[@]}" "$KERNEL_NAME" "$KERNEL_DISPLAY_NAME")"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$digest" && -x "$USER_ENV/bin/jupyter-lab" ]]; then
+    announce "the user environment is up to date ($USER_ENV)"
+else
+    setup_python_installer
+    announce "creating an empty user environment at $USER_ENV"
+    rm -rf "$USER_ENV"
+    mkdir -p "$HUBKILN_PREFIX"
+    make_venv "$USER_ENV"
+    printf '%s\n' "${PROFILE_PACKAGES[@]}" >"$SCRATCH/profile-requirements.txt"
+    announce "installing the user environment: ${BASE##*/} + ${PROFILE_PACKAGES[*]:-no profile packages}"
+    py_install "$USER_ENV/bin/python" -r "$BASE" -r "$SCRATCH/profile-requirements.txt"
+
+    announce "registering the kernel '$KERNEL_NAME' ('$KERNEL_DISPLAY_NAME') inside $USER_ENV"
+    "$USER_ENV/bin/python" -m ipykernel install --sys-prefix \
+        --name "$KERNEL_NAME" --display-name "$KERNEL_DISPLAY_NAME"
+    if [[ "$KERNEL_NAME" != python3 ]]; then
+        announce "hiding the default python3 kernel behind '$KERNEL_NAME'"
+        rm -rf "$USER_ENV/share/jupyter/kernels/python3"
+        install -D -m 0644 "$HUBKILN_FILES/jupyter-no-native-kernel.json" \
+            "$USER_ENV/etc/jupyter/jupyter_config.d/hubkiln-kernels.json"
+    fi
+    seal_env "$USER_ENV"
+    printf '%s\n' "$digest" >"$STAMP"
+fi
+
+announce "checking the user environment"
+"$USER_ENV/bin/jupyter" lab --version
+"$USER_ENV/bin/jupyterhub-singleuser" --version
+"$USER_ENV/bin/jupyter" kernelspec list

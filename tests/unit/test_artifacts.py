@@ -1,0 +1,75 @@
+"""Build outputs: inventory from a tree's files, checksums, atomic publication."""
+
+from __future__ import annotations
+
+import json
+
+from hubkiln import artifacts
+
+DPKG_STATUS = """\
+Package: bash
+Status: install ok installed
+Version: 5.2.21-2ubuntu4
+
+Package: removed-thing
+Status: deinstall ok config-files
+Version: 1.0
+
+Package: apt
+Status: install ok installed
+Version: 2.7.14build2
+"""
+
+
+def test_dpkg_status_lists_installed_packages_only():
+    assert artifacts.parse_dpkg_status(DPKG_STATUS) == {"apt": "2.7.14build2",
+                                                       "bash": "5.2.21-2ubuntu4"}
+
+
+def test_inventory_reads_apt_pip_and_npm_from_the_tree(tmp_path):
+    (tmp_path / "var/lib/dpkg").mkdir(parents=True)
+    (tmp_path / "var/lib/dpkg/status").write_text(DPKG_STATUS)
+    meta = tmp_path / "opt/hub/lib/python3.12/site-packages/jupyterhub-6.1.1.dist-info"
+    meta.mkdir(parents=True)
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: jupyterhub\nVersion: 6.1.1\n\nx")
+    pkg = tmp_path / "opt/proxy/node_modules/@scope/thing"
+    pkg.mkdir(parents=True)
+    (pkg / "package.json").write_text(json.dumps({"name": "@scope/thing", "version": "1.2.3"}))
+    chp = tmp_path / "opt/proxy/node_modules/configurable-http-proxy"
+    chp.mkdir(parents=True)
+    (chp / "package.json").write_text(json.dumps({"name": "configurable-http-proxy",
+                                                  "version": "5.0.1"}))
+    from pathlib import Path
+    found = artifacts.inventory(tmp_path, {"hub": Path("/opt/hub")},
+                                [Path("/opt/proxy/node_modules")])
+    assert found["pip"] == {"hub": {"jupyterhub": "6.1.1"}}
+    assert found["npm"] == {"@scope/thing": "1.2.3", "configurable-http-proxy": "5.0.1"}
+    assert found["apt"]["bash"] == "5.2.21-2ubuntu4"
+
+
+def test_sums_are_in_sha256sum_format(tmp_path):
+    image = tmp_path / "a.qcow2"
+    image.write_bytes(b"abc")
+    digest = artifacts.sha256_file(image)
+    assert digest == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert artifacts.render_sums({"a.qcow2": digest}) == f"{digest}  a.qcow2\n"
+
+
+def test_publish_moves_everything_and_drops_the_previous_image(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.qcow2").write_text("old")
+    artifacts.write_json(out / "manifest.json", {"files": [{"name": "old.qcow2"}]})
+    (out / "logs").mkdir()
+    staging = out / ".staging-1"
+    staging.mkdir()
+    (staging / "new.qcow2").write_text("new")
+    artifacts.write_json(staging / "manifest.json", {"files": [{"name": "new.qcow2"}]})
+    artifacts.publish(staging, out)
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "manifest.json", "new.qcow2"]
+    assert artifacts.read_manifest(out)["files"] == [{"name": "new.qcow2"}]
+
+
+def test_image_stem_prefers_the_version():
+    assert artifacts.image_stem("ci", "", "20261125") == "hubkiln-ci-20261125"
+    assert artifacts.image_stem("ci", "2026-fall", "20261125") == "hubkiln-ci-2026-fall"

@@ -1,0 +1,88 @@
+"""The schema itself: valid, documented, closed; defaults and the maximal fixture agree with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+from hubkiln.profile import PROFILES_DIR, load_profile, load_schema
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def walk(node: dict[str, Any], path: str = ""):
+    """Yield (dotted path, schema node) for every key the schema defines."""
+    for key, child in node.get("properties", {}).items():
+        here = f"{path}.{key}" if path else key
+        yield here, child
+        yield from walk(child, here)
+        if "properties" in child.get("items", {}):
+            yield from walk(child["items"], f"{here}[]")
+
+
+def keys_set(data: Any, path: str = ""):
+    """Yield the dotted path of every key set in a YAML document (lists as `[]`)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            here = f"{path}.{key}" if path else key
+            yield here
+            yield from keys_set(value, here)
+    elif isinstance(data, list):
+        for item in data:
+            yield from keys_set(item, f"{path}[]")
+
+
+SCHEMA_KEYS = dict(walk(load_schema()))
+
+
+def test_schema_is_valid_json_schema():
+    Draft202012Validator.check_schema(load_schema())
+
+
+@pytest.mark.parametrize("path", sorted(SCHEMA_KEYS))
+def test_every_key_is_described(path):
+    assert SCHEMA_KEYS[path].get("description", "").strip(), f"{path} has no description"
+
+
+OBJECTS = {p: n for p, n in [("(top)", load_schema()), *SCHEMA_KEYS.items()]
+           if "properties" in n}
+OBJECTS.update({f"{p}[]": n["items"] for p, n in SCHEMA_KEYS.items()
+                if "properties" in n.get("items", {})})
+
+
+@pytest.mark.parametrize("path", sorted(OBJECTS))
+def test_every_mapping_rejects_unknown_keys(path):
+    assert OBJECTS[path].get("additionalProperties") is False
+
+
+@pytest.mark.parametrize("path", sorted(p for p, n in SCHEMA_KEYS.items() if "pattern" in n
+                                        or "pattern" in n.get("items", {})))
+def test_every_pattern_has_a_readable_error(path):
+    node = SCHEMA_KEYS[path]
+    node = node if "pattern" in node else node["items"]
+    assert node.get("x-error"), f"{path} has a pattern but no x-error message"
+
+
+def test_maximal_fixture_sets_every_key():
+    raw = yaml.safe_load((FIXTURES / "maximal.yaml").read_text())
+    missing = set(SCHEMA_KEYS) - set(keys_set(raw))
+    assert not missing, f"maximal.yaml does not set: {sorted(missing)}"
+
+
+def test_maximal_fixture_is_valid():
+    profile = load_profile(FIXTURES / "maximal.yaml")
+    assert profile["outputs"]["cloud_builders"] == ["amazon-ebs", "googlecompute", "azure-arm"]
+    assert profile["content"]["folders"][0]["name"] == "lecture-notes"
+
+
+def test_defaults_set_every_required_key():
+    """After merging, every required key must be present: the defaults file provides them."""
+    present = set(keys_set(yaml.safe_load((PROFILES_DIR / "defaults.yaml").read_text())))
+    mappings = [("", load_schema())] + [(p, n) for p, n in SCHEMA_KEYS.items()
+                                        if "properties" in n and "[]" not in p]
+    required = {f"{p}.{k}" if p else k for p, n in mappings for k in n.get("required", [])}
+    assert required - present == set()

@@ -1,0 +1,43 @@
+"""The local VM runner's command lines: snapshot boots, localhost-only forwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubkiln.vm import VmSpec, netdev_arg, qemu_command, ssh_command
+
+
+def spec(**kw) -> VmSpec:
+    return VmSpec(image=Path("/i.qcow2"), seed_iso=Path("/s.iso"), serial_log=Path("/l"), **kw)
+
+
+def test_forwards_bind_localhost_only():
+    assert netdev_arg({22: 2222, 443: 8443}, restrict=False) == (
+        "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8443-:443")
+
+
+def test_restricted_network_has_no_way_out():
+    assert netdev_arg({22: 1}, restrict=True).startswith("user,id=net0,restrict=on,")
+
+
+def test_boot_is_on_a_snapshot_with_the_seed_and_the_chosen_accelerator():
+    cmd = qemu_command(spec(accelerator="kvm", forwards={22: 2222}))
+    assert cmd[cmd.index("-accel") + 1] == "kvm"
+    drives = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]
+    assert drives[0].startswith("file=/i.qcow2,") and drives[0].endswith(",snapshot=on")
+    assert drives[1] == "file=/s.iso,media=cdrom,readonly=on"
+
+
+def test_uefi_needs_writable_vars():
+    with pytest.raises(ValueError):
+        qemu_command(spec(firmware="uefi"))
+    cmd = qemu_command(spec(firmware="uefi", uefi_vars=Path("/v.fd")))
+    assert "if=pflash,format=raw,file=/v.fd" in cmd
+
+
+def test_ssh_targets_the_forwarded_localhost_port():
+    cmd = ssh_command(2222, "u", Path("/k"), "true")
+    assert cmd[-2:] == ["u@127.0.0.1", "true"]
+    assert cmd[cmd.index("-p") + 1] == "2222"
