@@ -44,6 +44,20 @@ def validate(c, profile="optimization"):
     print(f"valid: {folder}")
 
 
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "accel": "qemu accelerator: `kvm`, `tcg` or `auto` (default: detect; env HUBKILN_ACCEL).",
+        "verbose": "Stream every stage's full log to the terminal.",
+    },
+)
+@reports_errors
+def build(c, profile="optimization", accel=None, verbose=False):
+    """Bake the profile's image: rootfs → disk → bake → outputs, into output/<profile>/."""
+    manifest = actions.build(profile, accelerator=accel, verbose=verbose)
+    print(f"built {manifest['files'][0]['name']} in output/{manifest['profile']}/")
+
+
 @task
 @reports_errors
 def docs(c):

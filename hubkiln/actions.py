@@ -87,3 +87,13 @@ def clean(*, include_caches: bool) -> list[Path]:
             shutil.rmtree(target)
             removed.append(target)
     return removed
+
+
+def build(profile_ref: str, *, accelerator: str | None, verbose: bool) -> dict:
+    """Validate, then run the whole build of a profile; return its manifest."""
+    from . import build as build_module
+    from . import proc
+
+    proc.VERBOSE = proc.VERBOSE or verbose
+    validate(profile_ref)
+    return build_module.build(profile_ref, accelerator=accelerator)

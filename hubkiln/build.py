@@ -86,30 +86,37 @@ def layer_key(parent: str, steps: list[Step], env: dict[str, str]) -> str:
                   PROVISION_DIR / "lib", PROVISION_DIR / "files")
 
 
-def copy_tree(src: Path, dest: Path) -> None:
+def remove_tree(path: Path, log: Path) -> None:
+    """Delete a root filesystem tree, after making sure nothing is mounted below it."""
+    if path.exists():
+        chroot.unmount_stale(path, log)
+        shutil.rmtree(path)
+
+
+def copy_tree(src: Path, dest: Path, log: Path) -> None:
     """Copy a root filesystem, keeping owners, modes, links and xattrs."""
-    if dest.exists():
-        shutil.rmtree(dest)
+    remove_tree(dest, log)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    run(["cp", "-a", "--reflink=auto", str(src), str(dest)])
+    run(["cp", "-a", "--reflink=auto", str(src), str(dest)], log=log)
 
 
-def ensure_cached(key_dir: Path, make, progress: Progress, name: str, what: str) -> Path:
-    """Return `key_dir`, making it with `make(tmp)` first unless it is cached."""
+def ensure_cached(key_dir: Path, make, progress: Progress, name: str, what: str,
+                  log: Path) -> bool:
+    """Make `key_dir` with `make(tmp)` unless it is cached; return True on a cache hit."""
     if key_dir.exists():
         progress.skip(name, f"{what} ({key_dir.name})")
-        return key_dir
+        return True
     key_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in key_dir.parent.glob(f".{key_dir.name}.*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        remove_tree(stale, log)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key_dir.name}.", dir=key_dir.parent))
     try:
         with progress.stage(name, what):
             make(tmp / "root")
         os.replace(tmp / "root", key_dir)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return key_dir
+        remove_tree(tmp, log)
+    return False
 
 
 def build_ca_bundle(profile: Profile, work: Path) -> Path:
@@ -172,8 +179,7 @@ def build(profile_ref: str, *, accelerator: str | None = None) -> dict[str, Any]
     if paths.logs.exists():
         shutil.rmtree(paths.logs)
     paths.logs.mkdir(parents=True)
-    if paths.work.exists():
-        shutil.rmtree(paths.work)
+    remove_tree(paths.work, paths.logs / "build.log")
     paths.work.mkdir(parents=True)
     started = dt.datetime.now(dt.UTC)
 
@@ -186,26 +192,30 @@ def build(profile_ref: str, *, accelerator: str | None = None) -> dict[str, Any]
     env = provision_env(profile)
     ca = build_ca_bundle(profile, paths.work)
     os_key = base_key(profile)
-    os_tree = ensure_cached(
-        paths.cache / f"os-{os_key}",
+    os_tree = paths.cache / f"os-{os_key}"
+    cache: dict[str, str] = {}
+    cache["rootfs"] = "hit" if ensure_cached(
+        os_tree,
         lambda dest: rootfs.bootstrap_rootfs(base["os"], dest, mirror=base["apt_mirror"],
                                              apt_proxy=base["apt_proxy"],
                                              log=paths.logs / "rootfs.log"),
-        progress, "rootfs", f"bootstrap {base['os']}",
-    )
+        progress, "rootfs", f"bootstrap {base['os']}", paths.logs / "rootfs.log",
+    ) else "miss"
     env_steps = steps_in("envs")
     envs_key = layer_key(os_key, env_steps, env)
 
     def make_envs(dest: Path) -> None:
-        copy_tree(os_tree, dest)
+        copy_tree(os_tree, dest, paths.logs / "envs.log")
         provision(dest, env_steps, env, ca, base["apt_proxy"], paths.logs / "envs.log", progress)
 
-    envs_tree = ensure_cached(paths.cache / f"envs-{envs_key}", make_envs, progress, "envs",
-                              "OS packages and Python environments (chroot)")
+    envs_tree = paths.cache / f"envs-{envs_key}"
+    cache["envs"] = "hit" if ensure_cached(envs_tree, make_envs, progress, "envs",
+                                           "OS packages and Python environments (chroot)",
+                                           paths.logs / "envs.log") else "miss"
 
     tree = paths.work / "rootfs"
     with progress.stage("config", "hub settings and content (chroot)"):
-        copy_tree(envs_tree, tree)
+        copy_tree(envs_tree, tree, paths.logs / "config.log")
         provision(tree, steps_in("config"), env, ca, base["apt_proxy"],
                   paths.logs / "config.log", progress)
         inventory = artifacts.inventory(tree, VENVS, NODE_MODULES)
@@ -217,7 +227,7 @@ def build(profile_ref: str, *, accelerator: str | None = None) -> dict[str, Any]
     with progress.stage("disk", "GPT disk, BIOS and UEFI boot"):
         disk.assemble_disk(tree, raw, size_bytes=parse_size(base["disk_size"]), label=ROOT_LABEL,
                            log=paths.logs / "disk.log")
-        shutil.rmtree(tree)
+        remove_tree(tree, paths.logs / "disk.log")
         disk.convert_image(raw, assembled, fmt="qcow2", compress=False,
                            log=paths.logs / "disk.log")
         raw.unlink()
@@ -228,14 +238,15 @@ def build(profile_ref: str, *, accelerator: str | None = None) -> dict[str, Any]
 
     with progress.stage("outputs", "compress, checksum, manifest"):
         manifest = publish_outputs(profile, baked, paths, started, progress.timings, inventory,
-                                   release, kernel)
-    shutil.rmtree(paths.work, ignore_errors=True)
+                                   release, kernel, cache)
+    remove_tree(paths.work, paths.logs / "build.log")
     return manifest
 
 
 def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: dt.datetime,
                     timings: dict[str, float], inventory: dict[str, Any],
-                    release: dict[str, str], kernel: str) -> dict[str, Any]:
+                    release: dict[str, str], kernel: str,
+                    cache: dict[str, str]) -> dict[str, Any]:
     """Compress the baked image and write it, SHA256SUMS and manifest.json into output/."""
     stem = artifacts.image_stem(profile.name, profile["version"], started.strftime("%Y%m%d"))
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.out))
@@ -255,6 +266,7 @@ def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: d
                        "bytes": image.stat().st_size,
                        "virtual_bytes": parse_size(profile["base"]["disk_size"])}],
             "timings_seconds": dict(timings),
+            "cache": cache,
             "packages": inventory,
             "validation": {"status": "not-run"},
         }

@@ -321,7 +321,7 @@ def render_fstab(label: str) -> str:
     return f"""\
 # Written by hubkiln.
 LABEL={label}\t/\text4\tdefaults,errors=remount-ro\t0\t1
-LABEL={ESP_LABEL}\t/boot/efi\tvfat\tumask=0077,nofail,x-systemd.device-timeout=10s\t0\t0
+LABEL={ESP_LABEL}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t0
 """
 
 

@@ -24,7 +24,13 @@ class ProfileError(HubkilnError):
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
+        count = f"{len(self.problems)} problem" + ("s" if len(self.problems) != 1 else "")
+        super().__init__(
+            f"the profile has {count}; nothing was written or built:\n  "
+            + "\n  ".join(self.problems),
+            hint="fix each key named above (the README's profile reference lists what is "
+            "allowed), then run the command again",
+        )
 
 
 class BuildError(HubkilnError):

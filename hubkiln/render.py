@@ -106,7 +106,7 @@ def shutdown_command() -> str:
 
 
 def qemu_args() -> list[list[str]]:
-    """Extra qemu arguments: the SSH forward bound to 127.0.0.1 only.
+    """Extra qemu arguments: the SSH forward bound to 127.0.0.1 only, and an entropy source.
 
     Packer 1.6.6's own forward binds every interface; replacing its netdev
     keeps the build VM reachable from this host only.
@@ -114,6 +114,7 @@ def qemu_args() -> list[list[str]]:
     return [
         ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"],
         ["-device", "virtio-net,netdev=user.0"],
+        ["-device", "virtio-rng-pci"],
     ]
 
 

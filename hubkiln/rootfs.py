@@ -7,8 +7,9 @@ the command line (pure); `bootstrap_rootfs` runs it into a directory next to
 the target, checks the result and renames it into place.
 
 Limits, honestly:
-- Host must be Debian/Ubuntu with mmdebstrap (1.3.x tested) and we must be
-  root: mmdebstrap runs in `--mode=root` (no unshare/fakechroot here).
+- Host must be Debian/Ubuntu with mmdebstrap (1.3.5 tested) and we must be
+  root: mmdebstrap runs in `--mode=root`. For Ubuntu suites mmdebstrap needs
+  distro-info-data (or debootstrap) to know the suite is Ubuntu's.
 - Only amd64. No mirror is named: mmdebstrap picks each distribution's
   archive (with -updates and -security) from the suite name. `mirror`
   replaces it; for Debian the security pocket is another archive, so
@@ -20,8 +21,9 @@ Limits, honestly:
   after the bootstrap; later stages pass proxies as environment variables.
 - The tree is not yet bootable: `hubkiln.disk.assemble_disk` adds fstab and
   the boot loader. Host-specific identity (host name, SSH host keys) is
-  removed here; later stages that install packages may add some back, the
-  image finaliser must still clean machine-id, logs and cloud-init state.
+  removed here (mmdebstrap leaves /etc/machine-id empty) and C.UTF-8 is made
+  the default locale. Later stages may add identity back: the image
+  finaliser must still clean machine-id, SSH host keys, logs and cloud-init.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from .proc import run
 KEYRING_DIR = Path(__file__).resolve().parent / "keyrings"
 UBUNTU_KEYRING = KEYRING_DIR / "ubuntu-archive-2018.gpg"
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+DISTRO_INFO_DIR = Path("/usr/share/distro-info")
+DEBOOTSTRAP_SCRIPTS = Path("/usr/share/debootstrap/scripts")
 
 #: Packages every supported OS gets (names common to Debian and Ubuntu).
 #: grub-pc-bin/grub-efi-amd64-bin/grub2-common carry only the boot loader
@@ -84,6 +88,8 @@ class OsSpec:
     """One supported operating system."""
 
     os_id: str
+    #: The distribution, as mmdebstrap tells them apart: "debian" or "ubuntu".
+    vendor: str
     suite: str
     components: tuple[str, ...]
     packages: tuple[str, ...]
@@ -95,6 +101,7 @@ class OsSpec:
 OSES: dict[str, OsSpec] = {
     "ubuntu-24.04": OsSpec(
         os_id="ubuntu-24.04",
+        vendor="ubuntu",
         suite="noble",
         # everything we install is in main; universe stays enabled so that
         # course provisioning can install from it
@@ -105,6 +112,7 @@ OSES: dict[str, OsSpec] = {
     ),
     "debian-12": OsSpec(
         os_id="debian-12",
+        vendor="debian",
         suite="bookworm",
         components=("main",),
         packages=("linux-image-cloud-amd64", "debian-archive-keyring", *COMMON_PACKAGES),
@@ -200,7 +208,7 @@ def resolve_in_root(root: Path, path: str) -> Path:
     tree sees them, i.e. absolute link targets are taken relative to `root`."""
     parts = [p for p in path.split("/") if p]
     current = root
-    for _ in range(40):  # symlink loop guard
+    for _ in range(64):  # bounded, so that a symlink loop cannot hang us
         if not parts:
             return current
         name = parts.pop(0)
@@ -242,8 +250,40 @@ def scrub_host_identity(root: Path) -> None:
         aptconf.write_text(strip_apt_proxy(aptconf.read_text()))
 
 
-def check_bootstrap_host(keyring: Path) -> None:
-    """Fail with PreflightError unless mmdebstrap, root and the keyring are available."""
+def write_default_locale(root: Path) -> None:
+    """Make C.UTF-8 the system locale unless the tree sets a LANG. cloud-init's
+    `locale: C.UTF-8` then has nothing to do; without /etc/default/locale it
+    installs and runs locale-gen on first boot (minutes under TCG)."""
+    conf = root / "etc/default/locale"
+    text = conf.read_text() if conf.exists() else ""
+    if not any(line.startswith("LANG=") for line in text.splitlines()):
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(text + ("" if text.endswith("\n") or not text else "\n") + "LANG=C.UTF-8\n")
+
+
+def mmdebstrap_knows_suite(
+    spec: OsSpec,
+    distro_info_dir: Path = DISTRO_INFO_DIR,
+    debootstrap_scripts: Path = DEBOOTSTRAP_SCRIPTS,
+) -> bool:
+    """Return True if mmdebstrap can tell `spec.suite` is Ubuntu's (and so pick
+    Ubuntu's archive). It knows only releases up to 2018 by heart; newer ones
+    it reads from distro-info-data or debootstrap. Debian suites are built in."""
+    if spec.vendor != "ubuntu":
+        return True
+    csv = distro_info_dir / "ubuntu.csv"
+    if csv.is_file():
+        for line in csv.read_text().splitlines():
+            cells = line.split(",")
+            if len(cells) > 2 and cells[2] == spec.suite:
+                return True
+    return (debootstrap_scripts / spec.suite).exists()
+
+
+def check_bootstrap_host(spec: OsSpec) -> None:
+    """Fail with PreflightError unless mmdebstrap, root, the keyring and the
+    suite's vendor data are available."""
+    keyring = spec.keyring
     if shutil.which(MMDEBSTRAP) is None:
         raise PreflightError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
     if os.geteuid() != 0:
@@ -257,6 +297,11 @@ def check_bootstrap_host(keyring: Path) -> None:
             else "reinstall hubkiln: its keyrings/ directory is missing"
         )
         raise PreflightError(f"archive keyring {keyring} not found", hint=hint)
+    if not mmdebstrap_knows_suite(spec):
+        raise PreflightError(
+            f"mmdebstrap cannot tell that {spec.suite!r} is an Ubuntu release",
+            hint="apt-get install distro-info-data (a newer one if it is installed)",
+        )
 
 
 def bootstrap_rootfs(
@@ -276,7 +321,7 @@ def bootstrap_rootfs(
     bootstrap never leaves something that looks complete.
     """
     spec = os_spec(os_id)
-    check_bootstrap_host(spec.keyring)
+    check_bootstrap_host(spec)
     if target.exists() or target.is_symlink():
         raise BuildError(
             f"{target} already exists",
@@ -299,6 +344,7 @@ def bootstrap_rootfs(
         )
         check_rootfs(tmp)
         scrub_host_identity(tmp)
+        write_default_locale(tmp)
         tmp.rename(target)
     except BaseException:
         # never rmtree through a mount point: that would delete host files

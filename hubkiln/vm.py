@@ -76,7 +76,7 @@ def qemu_command(spec: VmSpec) -> list[str]:
     for disk in spec.extra_disks:
         cmd += ["-drive", f"file={disk},if=virtio,format=qcow2"]
     if spec.seed_iso:
-        cmd += ["-drive", f"file={spec.seed_iso},media=cdrom,readonly=on"]
+        cmd += ["-drive", f"file={spec.seed_iso},if=virtio,format=raw,readonly=on"]
     if spec.firmware == "uefi":
         if spec.uefi_vars is None:
             raise ValueError("UEFI boot needs a writable copy of OVMF_VARS.fd (uefi_vars)")

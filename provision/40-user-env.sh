@@ -55,10 +55,16 @@ else
     "$USER_ENV/bin/python" -m ipykernel install --sys-prefix \
         --name "$KERNEL_NAME" --display-name "$KERNEL_DISPLAY_NAME"
     if [[ "$KERNEL_NAME" != python3 ]]; then
-        announce "hiding the default python3 kernel behind '$KERNEL_NAME'"
+        announce "making '$KERNEL_NAME' the only and default kernel (hiding ipykernel's python3)"
         rm -rf "$USER_ENV/share/jupyter/kernels/python3"
-        install -D -m 0644 "$HUBKILN_FILES/jupyter-no-native-kernel.json" \
-            "$USER_ENV/etc/jupyter/jupyter_config.d/hubkiln-kernels.json"
+        # Read by every Jupyter app of this env (server, kernelspec). The name
+        # was checked above to hold no character that needs escaping in JSON.
+        cat >"$USER_ENV/etc/jupyter/jupyter_config.json" <<JSON
+{
+  "KernelSpecManager": {"ensure_native_kernel": false},
+  "MultiKernelManager": {"default_kernel_name": "$KERNEL_NAME"}
+}
+JSON
     fi
     seal_env "$USER_ENV"
     printf '%s\n' "$digest" >"$STAMP"

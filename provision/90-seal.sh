@@ -55,8 +55,10 @@ if command -v cloud-init >/dev/null; then
 fi
 
 if [[ -n "$BUILD_USER" ]] && getent passwd "$BUILD_USER" >/dev/null; then
-    announce "removing sudo rules that name the build user $BUILD_USER"
-    find /etc/sudoers.d -type f -exec grep -qw -- "$BUILD_USER" {} \; -print -delete
+    if [[ -d /etc/sudoers.d ]]; then
+        announce "removing sudo rules that name the build user $BUILD_USER"
+        find /etc/sudoers.d -type f -exec grep -qwF -- "$BUILD_USER" {} \; -print -delete
+    fi
     if ! in_chroot && user_has_processes "$BUILD_USER"; then
         announce "the build user $BUILD_USER is still logged in: the caller must run" \
             "'userdel --force --remove $BUILD_USER' as its last command"
@@ -114,7 +116,7 @@ announce "emptying /tmp and /var/tmp"
 find /tmp /var/tmp -mindepth 1 -maxdepth 1 ! -name 'systemd-private-*' -exec rm -rf -- {} +
 
 announce "truncating logs"
-if ! in_chroot && command -v journalctl >/dev/null; then
+if ! in_chroot && systemctl is-active --quiet systemd-journald 2>/dev/null; then
     journalctl --rotate
     journalctl --vacuum-time=1s
 fi

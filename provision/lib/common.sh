@@ -35,27 +35,30 @@ require_root() {
     [[ "$(id -u)" -eq 0 ]] || die "must run as root (run it with sudo)"
 }
 
-# True inside a chroot, false on a booted system (VM over SSH).
+# True inside a chroot, false on a booted system (VM over SSH): compares our /
+# with init's /, as systemd-detect-virt --chroot does. That tool is not used
+# because it fails ("Permission denied") where /proc/1/root cannot be read and
+# then answers "no". Here, when /proc/1/root cannot be read (no /proc, or a
+# sandboxed build host), we answer "chroot": on a booted VM root can read it,
+# and "chroot" is the safe side (no fstrim or journalctl against the host).
 in_chroot() {
-    if command -v systemd-detect-virt >/dev/null 2>&1; then
-        systemd-detect-virt --quiet --chroot
-        return
-    fi
-    # No systemd: our / differs from init's / in a chroot. Without /proc the
-    # second stat fails and we answer "chroot", the safe side for our callers.
-    [[ "$(stat -Lc %d:%i /)" != "$(stat -Lc %d:%i /proc/1/root/. 2>/dev/null)" ]]
+    local init_root
+    init_root="$(stat -Lc %d:%i /proc/1/root/. 2>/dev/null)" || return 0
+    [[ "$(stat -Lc %d:%i /)" != "$init_root" ]]
 }
 
-# make_scratch: create $SCRATCH on disk (large wheels may not fit a tmpfs /tmp)
-# and remove it when the script exits, whatever the exit status.
+# make_scratch: create $SCRATCH, also exported as TMPDIR, on disk (large wheels
+# may not fit a tmpfs /tmp), and remove it when the script exits, whatever the status.
 make_scratch() {
     SCRATCH="$(mktemp -d /var/tmp/hubkiln-build.XXXXXX)"
     trap 'rm -rf -- "$SCRATCH"' EXIT
+    export TMPDIR="$SCRATCH" # tools' own temp files (uv locks, pip builds) go too
 }
 
-# inputs_digest WORDS...: one sha256 over the given words, to stamp an install.
+# inputs_digest WORDS...: one sha256 over the given words plus the running
+# script and this library (a changed recipe is a changed input), to stamp an install.
 inputs_digest() {
-    printf '%s\n' "$@" | sha256sum | cut -d' ' -f1
+    { printf '%s\n' "$@"; cat "$0" "${BASH_SOURCE[0]}"; } | sha256sum | cut -d' ' -f1
 }
 
 # setup_python_installer: choose how to install into a venv and set PYINSTALL
@@ -65,8 +68,8 @@ inputs_digest() {
 setup_python_installer() {
     export UV_CACHE_DIR="$SCRATCH/uv-cache" UV_PYTHON_DOWNLOADS=never
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-    # uv reads SSL_CERT_FILE by itself; it also needs it set to trust the
-    # build CA, which the runner exports. Nothing to do here.
+    # uv trusts the build CA through SSL_CERT_FILE and finds a proxy through
+    # https_proxy, both exported by the runner: no --system-certs needed.
     if [[ -n "${HUBKILN_UV:-}" ]]; then
         [[ -x "$HUBKILN_UV" ]] || die "HUBKILN_UV=$HUBKILN_UV is not an executable uv binary"
         UV="$HUBKILN_UV"

@@ -27,7 +27,7 @@ def test_boot_is_on_a_snapshot_with_the_seed_and_the_chosen_accelerator():
     assert cmd[cmd.index("-accel") + 1] == "kvm"
     drives = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]
     assert drives[0].startswith("file=/i.qcow2,") and drives[0].endswith(",snapshot=on")
-    assert drives[1] == "file=/s.iso,media=cdrom,readonly=on"
+    assert drives[1] == "file=/s.iso,if=virtio,format=raw,readonly=on"
 
 
 def test_uefi_needs_writable_vars():

@@ -1,0 +1,37 @@
+"""End-to-end fixtures: build the small `ci` profile once per session, from scratch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hubkiln import accel
+from hubkiln.build import build
+from hubkiln.profile import load_profile
+from hubkiln.render import output_dir
+
+E2E_PROFILE = os.environ.get("HUBKILN_E2E_PROFILE", "ci")
+
+
+@pytest.fixture(scope="session")
+def e2e_profile():
+    return load_profile(E2E_PROFILE)
+
+
+@pytest.fixture(scope="session")
+def built(e2e_profile):
+    """The manifest of a fresh build of the e2e profile (caches may be warm)."""
+    manifest = build(E2E_PROFILE)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def image(built, e2e_profile) -> Path:
+    return output_dir(e2e_profile) / built["files"][0]["name"]
+
+
+@pytest.fixture(scope="session")
+def accelerator() -> str:
+    return accel.choose_accelerator().name
