@@ -80,3 +80,42 @@ def tests(c, fast=False):
     c.run("pytest -m 'not vm'", pty=False)
     if not fast:
         c.run("pytest -m vm", pty=False)
+
+
+LAUNCH_HELP = "Launch settings (YAML, see docs/launch.md), like examples/launch.yaml."
+
+
+@task(
+    help={
+        "config": LAUNCH_HELP,
+        "output": "NoCloud seed ISO to write (default: seed.iso, unless only --user-data "
+        "is given).",
+        "user_data": "Write the bare cloud-config user-data to this file, for a cloud's "
+        "user data (alone, or beside --output).",
+        "profile": "Also check the settings against this profile's login method and TLS mode.",
+    },
+)
+@reports_errors
+def seed(c, config=None, output=None, user_data=None, profile=None):
+    """Check launch settings and write a NoCloud seed ISO (lab hypervisors) or cloud user-data."""
+    for line in actions.seed(config, iso=output, user_data=user_data, profile_ref=profile):
+        print(line)
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "config": LAUNCH_HELP + " Default: built-in demo settings (admin `teacher`, "
+        "students `student1`, `student2`).",
+        "https_port": "Port on 127.0.0.1 for the hub's HTTPS (default: a free one).",
+        "ssh_port": "Port on 127.0.0.1 for SSH to the VM (default: a free one).",
+        "accel": "qemu accelerator: `kvm`, `tcg` or `auto` (default: detect; env HUBKILN_ACCEL).",
+        "timeout": "Seconds to wait for the login page to answer.",
+    },
+)
+@reports_errors
+def launch(c, profile="optimization", config=None, https_port=0, ssh_port=0, accel=None,
+           timeout=900):
+    """Boot the profile's built image locally with launch settings; Ctrl-C stops it."""
+    actions.launch(profile, config=config, https_port=https_port, ssh_port=ssh_port,
+                   accelerator=accel, timeout=timeout)

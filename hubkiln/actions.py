@@ -97,3 +97,54 @@ def build(profile_ref: str, *, accelerator: str | None, verbose: bool) -> dict:
     proc.VERBOSE = proc.VERBOSE or verbose
     validate(profile_ref)
     return build_module.build(profile_ref, accelerator=accelerator)
+
+
+def seed(config: str | None, *, iso: str | None, user_data: str | None,
+         profile_ref: str | None) -> list[str]:
+    """Check launch settings, then write a NoCloud seed ISO and/or the bare user-data.
+
+    Without `iso` and `user_data`, writes `seed.iso`. Return the lines to print.
+    """
+    from . import launch
+    from .errors import HubkilnError
+
+    if not config:
+        raise HubkilnError("no launch settings given",
+                           hint="name them with --config FILE; start from examples/launch.yaml")
+    settings = launch.load_launch(config)
+    if profile_ref:
+        problems = launch.check_launch_for_profile(settings, load_profile(profile_ref))
+        if problems:
+            raise launch.LaunchError(problems)
+    iso_path = Path(iso) if iso else (None if user_data else Path("seed.iso"))
+    data_path = Path(user_data) if user_data else None
+    written = launch.write_seed(settings, iso=iso_path, user_data=data_path)
+    lines = [f"checked {config}:"] + [f"  {line}" for line in launch.summarize(settings)]
+    for path in written:
+        what = "NoCloud seed ISO (label cidata): attach it to the VM as a CD-ROM" \
+            if path == iso_path else "cloud-config user-data: give it as the cloud's user data"
+        lines.append(f"wrote {path} (mode 0600), {what}")
+    lines.append("it holds the settings' secrets and SSH keys: keep it private, "
+                 "delete it after the launch")
+    lines += [f"note: {note}" for note in
+              launch.user_data_notes(launch.render_user_data(settings))]
+    return lines
+
+
+def launch(profile_ref: str, *, config: str | None, https_port: int, ssh_port: int,
+           accelerator: str | None, timeout: float) -> None:
+    """Boot the profile's built image locally with launch settings; run until Ctrl-C."""
+    from . import launch as launch_module
+
+    profile = load_profile(profile_ref)
+    settings = launch_module.load_launch(config) if config else None
+    launch_module.boot_locally(profile, profile_ref, settings, https_port=https_port or None,
+                               ssh_port=ssh_port or None, accelerator=accelerator,
+                               timeout=timeout)
+
+
+def update_launch_docs() -> bool:
+    """Regenerate the launch file reference in docs/launch.md; return True when it changed."""
+    from .launch import update_launch_doc
+
+    return update_launch_doc()

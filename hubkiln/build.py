@@ -113,7 +113,12 @@ def ensure_cached(key_dir: Path, make, progress: Progress, name: str, what: str,
     try:
         with progress.stage(name, what):
             make(tmp / "root")
-        os.replace(tmp / "root", key_dir)
+        try:
+            os.replace(tmp / "root", key_dir)
+        except OSError:
+            if not key_dir.exists():
+                raise
+            # A concurrent build made the same layer first: keep theirs, drop ours.
     finally:
         remove_tree(tmp, log)
     return False
@@ -252,7 +257,9 @@ def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: d
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.out))
     try:
         image = staging / f"{stem}.qcow2"
-        disk.convert_image(baked, image, fmt="qcow2", compress=True, log=paths.logs / "outputs.log")
+        disk.convert_image(baked, image, fmt="qcow2", compress=True, src_fmt="qcow2",
+                           log=paths.logs / "outputs.log")
+        check_image(image, parse_size(profile["base"]["disk_size"]))
         checksums = {image.name: artifacts.sha256_file(image)}
         (staging / artifacts.SUMS).write_text(artifacts.render_sums(checksums))
         manifest = {
@@ -264,7 +271,7 @@ def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: d
                    "kernel": kernel},
             "files": [{"name": image.name, "format": "qcow2", "sha256": checksums[image.name],
                        "bytes": image.stat().st_size,
-                       "virtual_bytes": parse_size(profile["base"]["disk_size"])}],
+                       "virtual_bytes": image_info(image)["virtual-size"]}],
             "timings_seconds": dict(timings),
             "cache": cache,
             "packages": inventory,
@@ -275,6 +282,21 @@ def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: d
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def image_info(image: Path) -> dict[str, Any]:
+    """`qemu-img info` of an image, as a dict."""
+    return json.loads(run(["qemu-img", "info", "--output=json", str(image)]))
+
+
+def check_image(image: Path, virtual_bytes: int) -> None:
+    """Fail unless `image` passes `qemu-img check` and has the profile's disk size."""
+    run(["qemu-img", "check", str(image)], hint="the image is corrupt: rebuild it")
+    found = image_info(image)["virtual-size"]
+    if found != virtual_bytes:
+        raise BuildError(f"{image.name} has a virtual size of {found} bytes, expected "
+                         f"{virtual_bytes} (base.disk_size)", hint="this is a hubkiln bug: "
+                         "report it with output/<profile>/logs/")
 
 
 def check_image_ready(image: Path) -> None:

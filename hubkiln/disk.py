@@ -372,10 +372,12 @@ def patch_core_img(core_img: bytes, core_sector: int) -> bytes:
 
 
 def qemu_img_convert_command(
-    raw: Path, out: Path, *, fmt: str = "qcow2", compress: bool = False, zstd: bool = False
+    raw: Path, out: Path, *, fmt: str = "qcow2", compress: bool = False, zstd: bool = False,
+    src_fmt: str = "raw",
 ) -> list[str]:
-    """Return the qemu-img argv converting `raw` to `fmt` (zstd only for compressed qcow2)."""
-    cmd = ["qemu-img", "convert", "-f", "raw", "-O", fmt]
+    """Return the qemu-img argv converting `raw` (a `src_fmt` image) to `fmt` (zstd only for
+    compressed qcow2)."""
+    cmd = ["qemu-img", "convert", "-f", src_fmt, "-O", fmt]
     if compress:
         cmd.append("-c")
         if zstd and fmt == "qcow2":
@@ -575,16 +577,18 @@ def qemu_img_supports_zstd() -> bool:
 
 
 def convert_image(
-    raw: Path, out: Path, *, fmt: str = "qcow2", compress: bool = False, log: Path
+    raw: Path, out: Path, *, fmt: str = "qcow2", compress: bool = False, log: Path,
+    src_fmt: str = "raw",
 ) -> None:
-    """Convert the raw disk `raw` to `out` in format `fmt` (qcow2: zstd when compressing
-    and supported). Writes a temporary file next to `out` and renames it."""
+    """Convert the disk `raw` (a `src_fmt` image) to `out` in format `fmt` (qcow2: zstd when
+    compressing and supported). Writes a temporary file next to `out` and renames it."""
     if shutil.which("qemu-img") is None:
         raise PreflightError("qemu-img is not installed", hint="apt-get install qemu-utils")
     zstd = compress and fmt == "qcow2" and qemu_img_supports_zstd()
     tmp = out.with_name(f".{out.name}.partial")
     try:
-        run(qemu_img_convert_command(raw, tmp, fmt=fmt, compress=compress, zstd=zstd), log=log)
+        run(qemu_img_convert_command(raw, tmp, fmt=fmt, compress=compress, zstd=zstd,
+                                     src_fmt=src_fmt), log=log)
         tmp.rename(out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -132,6 +132,8 @@ def render_context(profile: Profile, out: Path) -> dict[str, Any]:
         "build_user": BUILD_USER,
         "guest_provision_dir": GUEST_PROVISION_DIR,
         "shutdown_command": shutdown_command(),
+        # Exit status 2 means "done, with recoverable errors": not a reason to stop.
+        "wait_for_cloud_init": "sudo -n cloud-init status --wait >/dev/null || [ $? -eq 2 ]",
         "qemu_args": qemu_args(),
         "provision_env": [f"{k}={v}" for k, v in sorted(provision_env(profile).items())],
         "execute_command": execute_command(),

@@ -267,3 +267,8 @@ def test_sgdisk_and_mkfs_at_offset_on_a_sparse_file(tmp_path):
     printed = subprocess.run(["sgdisk", "-p", str(raw)], check=True, capture_output=True,
                              text=True).stdout
     check_partition_table(printed, layout)
+
+
+def test_convert_reads_the_given_source_format():
+    cmd = qemu_img_convert_command(Path("baked.qcow2"), Path("out.qcow2"), src_fmt="qcow2")
+    assert cmd[2:4] == ["-f", "qcow2"]
