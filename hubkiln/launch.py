@@ -843,12 +843,12 @@ def check_port_free(port: int, option: str) -> None:
                                "a free one") from None
 
 
-def find_built_image(profile: Profile, profile_ref: str) -> Path:
+def find_built_image(profile: Profile, profile_ref: str, output_root: Path | None = None) -> Path:
     """The qcow2 image that the last build of `profile` left; raise with a hint if none."""
     from .artifacts import read_manifest
-    from .render import output_dir
+    from .render import OUTPUT_DIR, output_dir
 
-    out = output_dir(profile)
+    out = output_dir(profile, output_root or OUTPUT_DIR)
     hint = f"run `invoke build --profile={profile_ref}` first"
     manifest = read_manifest(out)
     if manifest is None:

@@ -13,8 +13,10 @@ system), and `seal` (image hygiene, always last, in the VM).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .profile import PROJECT_DIR, Profile
 
@@ -38,6 +40,9 @@ STEPS: tuple[Step, ...] = (
     Step("20-hub-env.sh", "envs", "the hub's virtual environment"),
     Step("30-proxy.sh", "envs", "configurable-http-proxy"),
     Step("40-user-env.sh", "envs", "the students' environment and kernel"),
+    Step("50-hub-config.sh", "config", "hub configuration, helpers and units"),
+    Step("60-content.sh", "config", "course material, read-only"),
+    Step("70-https.sh", "config", "the HTTPS front (Caddy)"),
     Step("90-seal.sh", "seal", "image hygiene before capture"),
 )
 
@@ -57,6 +62,21 @@ def script_path(step: Step) -> Path:
     return PROVISION_DIR / step.script
 
 
+def hub_settings(profile: Profile) -> dict[str, Any]:
+    """The profile's hub settings as 50-hub-config.sh bakes them into hub.d/00-profile.yaml."""
+    hub = profile["hub"]
+    return {
+        "authenticator": hub["authenticator"],
+        "admins": list(hub["admins"]),
+        "limits": dict(hub["limits"]),
+        "idle_culling": dict(hub["idle_culling"]),
+        "default_ui": hub["default_ui"],
+        "content": {"delivery": profile["content"]["delivery"]},
+        "kernel_display_name": profile["environment"]["kernel_display_name"],
+        "tls": {"mode": profile["tls"]["mode"], "acme_email": profile["tls"]["acme_email"]},
+    }
+
+
 def provision_env(profile: Profile) -> dict[str, str]:
     """The declared environment variables that carry the profile into the scripts."""
     env = profile["environment"]
@@ -68,4 +88,6 @@ def provision_env(profile: Profile) -> dict[str, str]:
         "HUBKILN_APT_PROXY": base["apt_proxy"] or "",
         "HUBKILN_PYTHON_PACKAGES": "\n".join(env["python_packages"]),
         "HUBKILN_KERNEL_DISPLAY_NAME": env["kernel_display_name"],
+        "HUBKILN_HUB_SETTINGS": json.dumps(hub_settings(profile), sort_keys=True,
+                                           separators=(",", ":")),
     }

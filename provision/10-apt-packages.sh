@@ -12,7 +12,9 @@ require_root
 
 # python3-venv: the envs are venvs; git: nbgitpuller; ca-certificates: HTTPS.
 # Node.js is not needed here: 30-proxy.sh brings the runtime of the proxy.
-BASE_PACKAGES=(python3 python3-venv git ca-certificates)
+# caddy: the HTTPS front (70-https.sh; Ubuntu universe, Debian main); openssl:
+# the first-boot secrets and self-signed certificate (hubkiln-firstboot).
+BASE_PACKAGES=(python3 python3-venv git ca-certificates caddy openssl)
 
 split_words PROFILE_PACKAGES "${HUBKILN_APT_PACKAGES:-}"
 for pkg in "${PROFILE_PACKAGES[@]}"; do

@@ -88,6 +88,19 @@ done
 [[ ! -e /var/lib/hubkiln/build-only-npm-packages ]] \
     || die "the build-only npm is still installed: run 30-proxy.sh again to purge it"
 
+announce "stopping the hub's services started at the build boot (nothing may write after the clean)"
+if ! in_chroot; then
+    for unit in hubkiln-front.service jupyterhub.service jupyterhub-proxy.service; do
+        if systemctl is-active --quiet "$unit"; then systemctl stop "$unit"; fi
+    done
+fi
+announce "removing the hub's per-instance state (secrets, TLS keys, launch settings, front config)"
+for dir in /var/lib/hubkiln/secrets /var/lib/hubkiln/hub /etc/hubkiln/tls; do
+    if [[ -d "$dir" ]]; then find "$dir" -mindepth 1 -delete; fi
+done
+rm -rf /var/lib/hubkiln/content-delivered /var/lib/caddy/.local /var/lib/caddy/.config
+rm -f /var/lib/hubkiln/launch-admins.json /etc/hubkiln/launch.yaml \
+    /etc/hubkiln/hub.d/50-launch.yaml /etc/hubkiln/front/Caddyfile
 announce "removing hub databases, cookie secrets and proxy pid files"
 find "${SEARCH_ROOTS[@]}" -xdev -type f \( -name 'jupyterhub.sqlite*' \
     -o -name jupyterhub_cookie_secret -o -name jupyterhub-proxy.pid \) -print -delete
@@ -136,6 +149,8 @@ if [[ -n "$BUILD_USER" ]] && getent passwd "$BUILD_USER" >/dev/null \
     problems+=("build user $BUILD_USER still exists")
 fi
 [[ ! -e "$HUBKILN_APT_PROXY_DROPIN" ]] || problems+=("apt proxy drop-in remains")
+[[ -z "$(find /var/lib/hubkiln/secrets /var/lib/hubkiln/hub /etc/hubkiln/tls -mindepth 1 \
+    -print -quit 2>/dev/null)" ]] || problems+=("hub secrets, database or TLS files remain")
 [[ -z "$(find /var/lib/apt/lists -type f ! -name lock -print -quit)" ]] \
     || problems+=("apt lists are not empty")
 [[ -z "$(find /tmp /var/tmp -mindepth 1 -maxdepth 1 ! -name 'systemd-private-*' -print -quit)" ]] \

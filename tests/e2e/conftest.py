@@ -16,6 +16,12 @@ E2E_PROFILE = os.environ.get("HUBKILN_E2E_PROFILE", "ci")
 
 
 @pytest.fixture(scope="session")
+def e2e_ref() -> str:
+    """The --profile value of the e2e build (a name in profiles/ or a path)."""
+    return E2E_PROFILE
+
+
+@pytest.fixture(scope="session")
 def e2e_profile():
     return load_profile(E2E_PROFILE)
 

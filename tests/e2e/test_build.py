@@ -8,6 +8,7 @@ import pytest
 
 from hubkiln import artifacts
 from hubkiln.build import build
+from hubkiln.profile import parse_size
 from hubkiln.render import output_dir
 from hubkiln.seed import (
     build_user_data,
@@ -32,6 +33,7 @@ def test_outputs_are_checksummed_and_listed(built, image, e2e_profile):
     assert not list(out.glob(".staging-*")), "a staging folder was left behind"
     info = subprocess.run(["qemu-img", "check", str(image)], capture_output=True, text=True)
     assert info.returncode == 0, info.stdout + info.stderr
+    assert built["files"][0]["virtual_bytes"] == parse_size(e2e_profile["base"]["disk_size"])
 
 
 def test_manifest_lists_packages_and_timings(built):
@@ -62,7 +64,7 @@ def test_image_boots_to_ssh_with_a_nocloud_key(image, accelerator, tmp_path, fir
         assert {"hub", "user"} <= set(result.stdout.split())
 
 
-def test_a_second_build_reuses_the_cached_layers(built, e2e_profile):
-    again = build(e2e_profile.name)
+def test_a_second_build_reuses_the_cached_layers(built, e2e_ref):
+    again = build(e2e_ref)
     assert again["cache"]["rootfs"] == "hit" and again["cache"]["envs"] == "hit"
     assert again["timings_seconds"]["rootfs"] == 0.0

@@ -1,0 +1,191 @@
+"""Validate a built image: boot it fresh and prove it with testinfra and HTTPS checks.
+
+`validate_image` boots the artifact on a snapshot with a test-only NoCloud
+seed (a throwaway admin key and test launch settings: one admin, two
+students), waits for SSH, then runs `tests/image/` with pytest-testinfra over
+SSH and with HTTPS checks from the host through the forwarded port, and
+powers the VM off. The outcome and a summary go into `manifest.json`; a
+failed image is marked failed there (and in `VALIDATION-FAILED`), never
+presented as good.
+
+Limits: one boot per validation; tests that need a reboot do it themselves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import accel, artifacts, launch, seed
+from .errors import BuildError
+from .profile import PROJECT_DIR, Profile
+from .progress import Progress
+from .render import output_dir
+from .vm import Vm, VmSpec, free_port
+
+IMAGE_TESTS = PROJECT_DIR / "tests" / "image"
+FAILED_MARKER = "VALIDATION-FAILED"
+TEST_ADMIN = "teacher"
+TEST_STUDENTS = ("student1", "student2")
+
+
+@dataclass
+class Summary:
+    """What a pytest run reported."""
+
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: int = 0
+    failures: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.errors == 0 and self.passed > 0
+
+
+def parse_junit(xml_text: str) -> Summary:
+    """Counts and failing test ids from a pytest junit XML report."""
+    root = ET.fromstring(xml_text)
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    summary = Summary()
+    failures = []
+    for suite in suites:
+        for case in suite.iter("testcase"):
+            name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            if case.find("failure") is not None:
+                summary.failed += 1
+                failures.append(name)
+            elif case.find("error") is not None:
+                summary.errors += 1
+                failures.append(name)
+            elif case.find("skipped") is not None:
+                summary.skipped += 1
+            else:
+                summary.passed += 1
+    summary.failures = tuple(failures)
+    return summary
+
+
+def validation_launch_document(public_key: str) -> dict[str, Any]:
+    """The launch settings every validation boots with."""
+    return {
+        "hostname": "hubkiln-test",
+        "admins": [TEST_ADMIN],
+        "users": list(TEST_STUDENTS),
+        "ssh_authorized_keys": [public_key],
+    }
+
+
+def pytest_command(junit: Path, ssh_port: int, key: Path, ssh_config: Path,
+                   extra: list[str] | None = None) -> list[str]:
+    """The pytest command that runs tests/image against the booted guest (pure)."""
+    return [
+        sys.executable, "-m", "pytest", str(IMAGE_TESTS), "-p", "no:cacheprovider",
+        f"--hosts=ssh://{TEST_ADMIN}@127.0.0.1:{ssh_port}", f"--ssh-config={ssh_config}",
+        f"--ssh-identity-file={key}", f"--junitxml={junit}", "-ra", *(extra or []),
+    ]
+
+
+def render_ssh_config() -> str:
+    """ssh options for a throwaway guest: no host-key bookkeeping, bounded waits."""
+    return (
+        "Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+        "  LogLevel ERROR\n  ConnectTimeout 20\n  ServerAliveInterval 15\n"
+        "  IdentitiesOnly yes\n"
+    )
+
+
+def validate_image(profile: Profile, image: Path, *, accelerator: str | None = None,
+                   progress: Progress | None = None, pytest_args: list[str] | None = None,
+                   boot_timeout: float = 900) -> dict[str, Any]:
+    """Boot `image` fresh and run the image tests; return the validation record."""
+    progress = progress or Progress()
+    choice = accel.choose_accelerator(accelerator)
+    logs = output_dir(profile) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hubkiln-test-") as tmp:
+        work = Path(tmp)
+        key = work / "admin-key"
+        public = seed.make_ssh_key(key, "hubkiln-validation")
+        launch_file = work / "launch.yaml"
+        launch_file.write_text(yaml.safe_dump(validation_launch_document(public)))
+        settings = launch.load_launch(launch_file)
+        folder = seed.write_seed_dir(work / "seed", launch.render_user_data(settings),
+                                     launch.render_meta_data(settings))
+        iso = seed.make_seed_iso(folder, work / "seed.iso")
+        ssh_config = work / "ssh_config"
+        ssh_config.write_text(render_ssh_config())
+        ports = {22: free_port(), 443: free_port()}
+        spec = VmSpec(image=image, seed_iso=iso, serial_log=logs / "validate-serial.log",
+                      accelerator=choice.name, forwards=ports)
+        junit = work / "junit.xml"
+        with Vm(spec) as vm:
+            waited = vm.wait_for_ssh(TEST_ADMIN, key, timeout=boot_timeout)
+            progress.detail(f"SSH answered after {waited:.0f}s; running tests/image")
+            env = {
+                **os.environ,
+                "HUBKILN_TEST_PROFILE": str(profile.path),
+                "HUBKILN_TEST_LAUNCH": str(launch_file),
+                "HUBKILN_TEST_HTTPS_PORT": str(ports[443]),
+                "HUBKILN_TEST_SSH_PORT": str(ports[22]),
+                "HUBKILN_TEST_KEY": str(key),
+                "HUBKILN_TEST_ADMIN": TEST_ADMIN,
+                "HUBKILN_TEST_STUDENTS": " ".join(TEST_STUDENTS),
+            }
+            with open(logs / "validate.log", "w", encoding="utf-8") as log:
+                result = subprocess.run(
+                    pytest_command(junit, ports[22], key, ssh_config, pytest_args),
+                    cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+                )
+            vm.ssh(TEST_ADMIN, key, "sudo -n systemctl poweroff", check=False, timeout=30)
+        summary = parse_junit(junit.read_text()) if junit.exists() else Summary(errors=1)
+    ok = summary.ok and result.returncode == 0
+    return {
+        "status": "passed" if ok else "failed",
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "accelerator": choice.name,
+        "seconds": round(time.monotonic() - started, 1),
+        "boot_to_ssh_seconds": round(waited, 1),
+        "passed": summary.passed,
+        "failed": summary.failed + summary.errors,
+        "skipped": summary.skipped,
+        "failures": list(summary.failures),
+        "log": "logs/validate.log",
+    }
+
+
+def record_validation(out: Path, record: dict[str, Any]) -> None:
+    """Store the outcome in manifest.json; mark a failed image so nobody ships it."""
+    manifest = artifacts.read_manifest(out)
+    if manifest is None:
+        raise BuildError(f"no manifest.json in {out}", hint="run `invoke build` first")
+    manifest["validation"] = record
+    artifacts.write_json(out / artifacts.MANIFEST, manifest)
+    marker = out / FAILED_MARKER
+    if record["status"] == "passed":
+        marker.unlink(missing_ok=True)
+    else:
+        marker.write_text(
+            "This image FAILED validation; do not use it.\n"
+            + "".join(f"  {name}\n" for name in record["failures"])
+            + f"See {record['log']}.\n"
+        )
+
+
+def failure_message(record: dict[str, Any]) -> str:
+    """A message that says what broke and where to look."""
+    lines = [f"the image failed validation: {record['failed']} test(s) failed"]
+    lines += [f"  {name}" for name in record["failures"][:20]]
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The hub's configuration and services: /etc/hubkiln/jupyterhub_config.py (static;
+# it reads /etc/hubkiln/hub.d/*.yaml), the profile's settings as
+# /etc/hubkiln/hub.d/00-profile.yaml, the settings module hubkiln_hub in the hub's
+# venv, the helpers in /usr/local/sbin (hubkiln-firstboot, hubkiln-apply-launch,
+# hubkiln-prepare-user), the accounts and groups the hub uses, and the units
+# jupyterhub, jupyterhub-proxy and hubkiln-firstboot (enabled, not started).
+# No secret is made here: hubkiln-firstboot makes them at first boot.
+#
+# Inputs:
+#   HUBKILN_HUB_SETTINGS  optional, JSON object of hub settings (see
+#                         files/hub/hubkiln_hub.py, HUB_SPEC): authenticator, admins,
+#                         limits, idle_culling, default_ui, content.delivery,
+#                         kernel_display_name, tls.mode, tls.acme_email. Empty: defaults.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+require_root
+
+HUB_ENV="$HUBKILN_PREFIX/hub"
+HUB_PY="$HUB_ENV/bin/python"
+SRC="$HUBKILN_FILES"
+ETC=/etc/hubkiln
+SBIN=/usr/local/sbin
+UNITS=(hubkiln-firstboot.service jupyterhub-proxy.service jupyterhub.service)
+[[ -x "$HUB_PY" ]] || die "$HUB_PY is missing: run 20-hub-env.sh first"
+command -v openssl >/dev/null || die "openssl is missing (hubkiln-firstboot needs it): run 10-apt-packages.sh first"
+
+announce "installing the settings module hubkiln_hub into the hub environment"
+site="$("$HUB_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+install -m 0644 -o root -g root "$SRC/hub/hubkiln_hub.py" "$site/hubkiln_hub.py"
+"$HUB_PY" -m compileall -q "$site/hubkiln_hub.py"
+check_root_owned "$site/__pycache__"
+
+announce "writing $ETC/hub.d/00-profile.yaml from HUBKILN_HUB_SETTINGS"
+install -d -m 0755 -o root -g root "$ETC" "$ETC/hub.d"
+settings="${HUBKILN_HUB_SETTINGS:-}"
+[[ -n "$settings" ]] || settings='{}'
+# The module checks the JSON (every problem at once) and refuses OAuth secrets.
+printf '%s' "$settings" | "$HUB_PY" -m hubkiln_hub profile-yaml >"$ETC/hub.d/.00-profile.yaml.new"
+chmod 0644 "$ETC/hub.d/.00-profile.yaml.new"
+mv -f "$ETC/hub.d/.00-profile.yaml.new" "$ETC/hub.d/00-profile.yaml"
+
+announce "installing $ETC/jupyterhub_config.py"
+install -m 0644 -o root -g root "$SRC/hub/jupyterhub_config.py" "$ETC/jupyterhub_config.py"
+
+announce "installing hubkiln-firstboot, hubkiln-apply-launch and hubkiln-prepare-user into $SBIN"
+for tool in hubkiln-firstboot hubkiln-apply-launch hubkiln-prepare-user; do
+    install -m 0755 -o root -g root "$SRC/bin/$tool" "$SBIN/$tool"
+done
+
+announce "creating the groups hubkiln-students and hubkiln-admins and the user hubkiln-culler"
+for group in hubkiln-students hubkiln-admins; do
+    getent group "$group" >/dev/null || groupadd --system "$group"
+done
+getent group sudo >/dev/null || die "group sudo is missing (is sudo installed?)"
+if ! getent passwd hubkiln-culler >/dev/null; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin --comment "hubkiln idle culler" hubkiln-culler
+fi
+
+announce "letting hub admins use sudo (they log in with SSH keys only, without a password)"
+printf '%s\n' "# Installed by hubkiln: admins named at launch (hubkiln-apply-launch) have no password." \
+    "%hubkiln-admins ALL=(ALL:ALL) NOPASSWD: ALL" >/etc/sudoers.d/.hubkiln-admins.new
+chmod 0440 /etc/sudoers.d/.hubkiln-admins.new
+visudo -cqf /etc/sudoers.d/.hubkiln-admins.new || die "the sudo rule for hubkiln-admins does not parse"
+mv -f /etc/sudoers.d/.hubkiln-admins.new /etc/sudoers.d/hubkiln-admins
+
+announce "denying SSH to students (group hubkiln-students)"
+install -d -m 0755 /etc/ssh/sshd_config.d
+printf '%s\n' "# Installed by hubkiln: students use the hub in a browser, never SSH." \
+    "DenyGroups hubkiln-students" >/etc/ssh/sshd_config.d/40-hubkiln-students.conf
+chmod 0644 /etc/ssh/sshd_config.d/40-hubkiln-students.conf
+
+announce "creating the hub's state folders (empty; secrets are made at first boot)"
+install -d -m 0755 -o root -g root /var/lib/hubkiln
+install -d -m 0700 -o root -g root /var/lib/hubkiln/hub /var/lib/hubkiln/secrets
+
+announce "installing and enabling ${UNITS[*]}"
+for unit in "${UNITS[@]}"; do
+    install -m 0644 -o root -g root "$SRC/systemd/$unit" "/etc/systemd/system/$unit"
+done
+systemctl enable "${UNITS[@]}"
+
+announce "checking the baked settings"
+"$HUB_PY" -m hubkiln_hub check-baked "$ETC/hub.d" >/dev/null
+if missing="$("$HUB_PY" -m hubkiln_hub check "$ETC/hub.d" 2>&1 >/dev/null)"; then
+    announce "loading $ETC/jupyterhub_config.py as JupyterHub does"
+    "$HUB_PY" -c 'from traitlets.config.loader import PyFileConfigLoader as L
+c = L("jupyterhub_config.py", path="/etc/hubkiln").load_config()
+print("authenticator:", c.JupyterHub.authenticator_class, "| default_url:", c.Spawner.default_url)'
+else
+    # e.g. an OAuth login: its client comes with the launch settings.
+    announce "the hub needs launch settings before it can start (expected for OAuth logins):"
+    printf '    %s\n' "$missing"
+fi

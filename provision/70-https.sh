@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The HTTPS front: Caddy (from the OS archive, installed by 10-apt-packages.sh) as
+# hubkiln-front.service on 443 and 80 (which redirects to HTTPS), in front of
+# configurable-http-proxy on 127.0.0.1:8000. The package's caddy.service is masked.
+# The config /etc/hubkiln/front/Caddyfile is written at boot by
+# hubkiln-apply-launch: Let's Encrypt for a launch domain, a certificate given at
+# launch, or the self-signed certificate hubkiln-firstboot makes. No key and no
+# front config are baked: only the empty folders.
+#
+# Inputs: none (tls.mode and tls.acme_email reach the image through
+# HUBKILN_HUB_SETTINGS, see 50-hub-config.sh).
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+require_root
+
+HUB_PY="$HUBKILN_PREFIX/hub/bin/python"
+[[ -x /usr/bin/caddy ]] || die "caddy is missing: add it to 10-apt-packages.sh's base packages"
+getent group caddy >/dev/null || die "the caddy package did not create its group 'caddy'"
+"$HUB_PY" -c 'import hubkiln_hub' 2>/dev/null || die "hubkiln_hub is missing: run 50-hub-config.sh first"
+
+announce "creating /etc/hubkiln/front and /etc/hubkiln/tls (0750 root:caddy; keys come at boot)"
+install -d -m 0755 -o root -g root /etc/hubkiln/front
+install -d -m 0750 -o root -g caddy /etc/hubkiln/tls
+install -d -m 0750 -o caddy -g caddy /var/lib/caddy
+
+announce "installing hubkiln-front.service; masking the package's caddy.service"
+install -m 0644 -o root -g root "$HUBKILN_FILES/systemd/hubkiln-front.service" \
+    /etc/systemd/system/hubkiln-front.service
+systemctl disable caddy.service caddy-api.service
+systemctl mask caddy.service
+systemctl enable hubkiln-front.service
+
+announce "checking that caddy accepts the self-signed front config"
+make_scratch
+"$HUB_PY" -m hubkiln_hub caddyfile self-signed >"$SCRATCH/Caddyfile"
+# HOME: caddy leaves a .step folder in its home; keep it in the scratch dir.
+HOME="$SCRATCH" caddy adapt --config "$SCRATCH/Caddyfile" --adapter caddyfile >/dev/null
+HOME="$SCRATCH" caddy version

@@ -1,0 +1,397 @@
+"""hubkiln's hub settings: read /etc/hubkiln/hub.d/*.yaml, check them, merge them.
+
+One module shared by the three places that need the same rules:
+/etc/hubkiln/jupyterhub_config.py (the hub reads its settings at start),
+`hubkiln-apply-launch` (checks the launch settings and writes the
+`50-launch.yaml` drop-in and the HTTPS front's Caddyfile), and the build
+(`provision/50-hub-config.sh` writes `00-profile.yaml` with `profile-yaml`).
+Installed into the hub's venv; standard library and PyYAML only.
+
+Rules: drop-ins are read in lexical order; mappings merge, lists and values
+replace, except `admins`, which accumulate (the image's admins plus the launch
+admins). Every problem of every file is reported at once, naming the file and
+the key. Limits: no schema library (the checks are the small table below);
+users are only checked for their shape here (existing system accounts are
+refused by hubkiln-apply-launch and hubkiln-prepare-user).
+
+Command line (for the build and for admins):
+    python -m hubkiln_hub check [DIR]       check the drop-ins, print the merged settings
+    python -m hubkiln_hub check-baked [DIR] the same without the checks that need launch settings
+    python -m hubkiln_hub profile-yaml      JSON on stdin -> checked 00-profile.yaml on stdout
+    python -m hubkiln_hub caddyfile MODE    print the front config (self-signed, for the build check)
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SETTINGS_DIR = Path("/etc/hubkiln/hub.d")
+PROFILE_DROPIN = "00-profile.yaml"
+LAUNCH_DROPIN = "50-launch.yaml"
+TLS_DIR = Path("/etc/hubkiln/tls")
+SELF_SIGNED_CERT = TLS_DIR / "self-signed.crt"
+SELF_SIGNED_KEY = TLS_DIR / "self-signed.key"
+PROVIDED_CERT = TLS_DIR / "provided.crt"
+PROVIDED_KEY = TLS_DIR / "provided.key"
+#: Where configurable-http-proxy serves the hub and the students' servers.
+PROXY_PUBLIC = "127.0.0.1:8000"
+
+PASSWORD_AUTHENTICATORS = ("firstuse", "native")
+OAUTH_AUTHENTICATORS = ("github", "google", "generic-oauth", "lti13")
+AUTHENTICATORS = PASSWORD_AUTHENTICATORS + OAUTH_AUTHENTICATORS
+
+#: Unix account names (also the hub user names of password authenticators).
+UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+#: Hub user names in general: lower case, no spaces or slashes (OAuth names may be e-mails).
+HUB_NAME = re.compile(r"[a-z0-9_][a-z0-9._@+-]{0,99}")
+SIZE = re.compile(r"[0-9]+(\.[0-9]+)?[KMGT]")
+DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
+HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+URL = re.compile(r"https?://[^\s]+")
+SSH_KEY = re.compile(
+    r"(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
+    r"@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\n]*)?"
+)
+
+DEFAULTS: dict[str, Any] = {
+    "authenticator": "firstuse",
+    "admins": [],
+    "users": [],
+    "limits": {"memory": "2G", "cpu": 1, "tasks": 512},
+    "idle_culling": {"enabled": True, "timeout_minutes": 60},
+    "default_ui": "lab",
+    "content": {"delivery": "copy"},
+    "kernel_display_name": "Python 3",
+    "tls": {"mode": "auto", "acme_email": None},
+    "domain": None,
+    "oauth": None,
+}
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message lists every problem, one per line."""
+
+
+# ---------------------------------------------------------------- checks
+# A check takes a value and returns a problem (text) or None. A spec is a
+# check, a dict of specs (a mapping with those keys, all optional) or
+# Nullable(spec).
+
+
+class Nullable:
+    """A spec that also accepts null."""
+
+    def __init__(self, spec: Any):
+        self.spec = spec
+
+
+def show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"{show(v)} is not one of: {', '.join(choices)}"
+
+
+def matches(pattern: re.Pattern, what: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, str) and pattern.fullmatch(value):
+            return None
+        return f"{show(value)} is not {what}"
+
+    return check
+
+
+def number(minimum: float, *, integer: bool = False) -> Callable[[Any], str | None]:
+    kinds = (int,) if integer else (int, float)
+    what = "a whole number" if integer else "a number"
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"{show(value)} is not {what}"
+        return None if value >= minimum else f"{show(value)} is less than {minimum}"
+
+    return check
+
+
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"{show(value)} is not true or false"
+
+
+def text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else f"{show(value)} is not a text"
+
+
+def list_of(item: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list):
+            return f"{show(value)} is not a list"
+        for index, element in enumerate(value):
+            problem = item(element)
+            if problem:
+                return f"[{index}]: {problem}"
+        duplicates = sorted({str(v) for v in value if value.count(v) > 1})
+        return f"listed twice: {', '.join(duplicates)}" if duplicates else None
+
+    return check
+
+
+def pem(label: str, pattern: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, str) and re.search(rf"-----BEGIN {pattern}-----", value):
+            return None
+        return f"is not PEM text with a '-----BEGIN {label}-----' line"
+
+    return check
+
+
+names = list_of(matches(HUB_NAME, "a user name (lower case; no spaces or slashes)"))
+
+OAUTH_SPEC: dict[str, Any] = {
+    "client_id": text,
+    "client_secret": text,
+    "authorize_url": matches(URL, "an http(s) URL"),
+    "token_url": matches(URL, "an http(s) URL"),
+    "userdata_url": matches(URL, "an http(s) URL"),
+    "username_claim": text,
+    "scope": list_of(text),
+    "issuer": matches(URL, "an http(s) URL"),
+    "jwks_endpoint": matches(URL, "an http(s) URL"),
+}
+
+HUB_SPEC: dict[str, Any] = {
+    "authenticator": one_of(*AUTHENTICATORS),
+    "admins": names,
+    "users": names,
+    "limits": {
+        "memory": matches(SIZE, "a size like 2G"),
+        "cpu": number(0.01),
+        "tasks": number(16, integer=True),
+    },
+    "idle_culling": {"enabled": boolean, "timeout_minutes": number(1, integer=True)},
+    "default_ui": one_of("lab", "notebook"),
+    "content": {"delivery": one_of("copy", "link")},
+    "kernel_display_name": text,
+    "tls": {
+        "mode": one_of("auto", "self-signed", "provided"),
+        "acme_email": Nullable(matches(EMAIL, "an e-mail address")),
+    },
+    "domain": Nullable(matches(DOMAIN, "a domain name like hub.example.org (lower case)")),
+    "oauth": Nullable(OAUTH_SPEC),
+}
+
+#: /etc/hubkiln/launch.yaml, as cloud-init writes it (every key optional).
+LAUNCH_SPEC: dict[str, Any] = {
+    "hostname": Nullable(matches(HOSTNAME, "a host name (lower case letters, digits, dashes)")),
+    "domain": HUB_SPEC["domain"],
+    "admins": names,
+    "users": names,
+    "ssh_authorized_keys": list_of(matches(SSH_KEY, "one public key line like 'ssh-ed25519 AAAA... me'")),
+    "oauth": Nullable(OAUTH_SPEC),
+    "tls": Nullable({"certificate": pem("CERTIFICATE", "CERTIFICATE"),
+                     "key": pem("PRIVATE KEY", "[A-Z ]*PRIVATE KEY")}),
+    "acme_email": Nullable(matches(EMAIL, "an e-mail address")),
+}
+
+
+def check(data: Any, spec: Any, where: str = "") -> list[str]:
+    """Every problem of `data` against `spec`, each as 'key.path: problem'."""
+    label = where or "(top level)"
+    if isinstance(spec, Nullable):
+        return [] if data is None else check(data, spec.spec, where)
+    if isinstance(spec, dict):
+        if not isinstance(data, dict):
+            return [f"{label}: {show(data)} is not a mapping"]
+        problems = []
+        for key, value in data.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key not in spec:
+                close = difflib.get_close_matches(str(key), list(spec), n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(spec)}"
+                problems.append(f"{path}: unknown key ({hint})")
+            else:
+                problems += check(value, spec[key], path)
+        return problems
+    problem = spec(data)
+    return [f"{label}: {problem}"] if problem else []
+
+
+def check_consistency(settings: dict[str, Any]) -> list[str]:
+    """Problems that only show once all the drop-ins are merged."""
+    problems = []
+    auth = settings["authenticator"]
+    if auth in PASSWORD_AUTHENTICATORS:
+        for key in ("admins", "users"):
+            bad = [n for n in settings[key] if not UNIX_NAME.fullmatch(n)]
+            if bad:
+                problems.append(f"{key}: {', '.join(map(show, bad))}: with the '{auth}' login, "
+                                "names must be Unix user names (a-z, digits, _ and -, at most 32)")
+    oauth = settings["oauth"] or {}
+    needed = {
+        "github": ["client_id", "client_secret"],
+        "google": ["client_id", "client_secret"],
+        "generic-oauth": ["client_id", "client_secret", "authorize_url", "token_url",
+                          "userdata_url"],
+        "lti13": ["client_id", "authorize_url", "issuer", "jwks_endpoint"],
+    }.get(auth, [])
+    missing = [key for key in needed if not oauth.get(key)]
+    if missing:
+        problems.append(f"oauth: the '{auth}' login needs oauth.{', oauth.'.join(missing)}: give "
+                        "them in the launch settings (/etc/hubkiln/launch.yaml), then run "
+                        "hubkiln-apply-launch")
+    if auth in OAUTH_AUTHENTICATORS and not settings["domain"]:
+        problems.append(f"domain: the '{auth}' login needs the hub's domain name (launch setting "
+                        "'domain'): the identity provider sends users back to "
+                        "https://DOMAIN/hub/oauth_callback")
+    return problems
+
+
+# ---------------------------------------------------------------- merging
+
+
+def merge(base: dict[str, Any], over: dict[str, Any], *, top: bool = True) -> dict[str, Any]:
+    """`base` updated with `over`: mappings merge, lists and values replace; top-level
+    `admins` accumulate."""
+    result = copy.deepcopy(base)
+    for key, value in over.items():
+        if top and key == "admins":
+            result[key] = list(dict.fromkeys([*result.get(key, []), *value]))
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value, top=False)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in `path`; SettingsError naming the file when it cannot be read."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SettingsError(f"{path}: cannot read it: {error.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        detail = " ".join(str(error).split())
+        raise SettingsError(f"{path}: not valid YAML: {detail}") from None
+
+
+def load_settings(directory: Path = SETTINGS_DIR, *, skip: tuple[str, ...] = (),
+                  consistent: bool = True) -> dict[str, Any]:
+    """The defaults updated with every `directory/*.yaml` (except `skip`), in lexical order.
+
+    Raise SettingsError listing every problem of every file. `consistent=False`
+    skips the checks that need the launch settings (used before they are applied).
+    """
+    settings = copy.deepcopy(DEFAULTS)
+    problems: list[str] = []
+    for path in sorted(directory.glob("*.yaml"), key=lambda p: p.name):
+        if path.name in skip:
+            continue
+        try:
+            data = read_yaml(path)
+        except SettingsError as error:
+            problems.append(str(error))
+            continue
+        if data is None:
+            continue
+        found = check(data, HUB_SPEC)
+        problems += [f"{path}: {problem}" for problem in found]
+        if not found:
+            settings = merge(settings, data)
+    if not problems and consistent:
+        problems += [f"{directory} (merged): {p}" for p in check_consistency(settings)]
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return settings
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def unix_name(hub_name: str) -> str:
+    """The Unix account of a hub user: the same name when it is a valid Unix name,
+    otherwise a readable, stable one (`alice-example-org-1a2b3c4d` for alice@example.org)."""
+    if UNIX_NAME.fullmatch(hub_name):
+        return hub_name
+    base = re.sub(r"[^a-z0-9]+", "-", hub_name.lower()).strip("-")[:20].rstrip("-")
+    if not base or not base[0].isalpha():
+        base = ("u" + base)[:20]
+    return f"{base}-{hashlib.sha256(hub_name.encode()).hexdigest()[:8]}"
+
+
+def render_caddyfile(mode: str, *, domain: str | None = None, email: str | None = None,
+                     certificate: Path | None = None, key: Path | None = None) -> str:
+    """The HTTPS front's Caddyfile. `mode` is `acme` (Let's Encrypt for `domain`) or
+    `files` (the `certificate` and `key` files, for any name; HTTP redirects to HTTPS)."""
+    head = ["# Written by hubkiln-apply-launch; do not edit. Change /etc/hubkiln/launch.yaml",
+            "# and run `sudo hubkiln-apply-launch` instead.", "{",
+            "\t# no admin API: local users must not be able to reconfigure the front",
+            "\tadmin off"]
+    if mode == "acme":
+        if not domain:
+            raise ValueError("acme mode needs a domain")
+        head += [f"\temail {email}"] if email else []
+        site = [f"{domain} {{", f"\treverse_proxy {PROXY_PUBLIC}",
+                '\theader Strict-Transport-Security "max-age=31536000"', "}"]
+    elif mode == "files":
+        if not (certificate and key):
+            raise ValueError("files mode needs a certificate and a key")
+        head += ["\tauto_https disable_redirects"]
+        site = ["https:// {", f"\ttls {certificate} {key}", f"\treverse_proxy {PROXY_PUBLIC}",
+                "}", "", "http:// {", "\tredir https://{host}{uri} 308", "}"]
+    else:
+        raise ValueError(f"unknown front mode {mode!r}")
+    return "\n".join([*head, "}", "", *site]) + "\n"
+
+
+def profile_yaml(settings_json: str) -> str:
+    """00-profile.yaml from the build's JSON (HUBKILN_HUB_SETTINGS); SettingsError if bad."""
+    try:
+        data = json.loads(settings_json or "{}")
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"HUBKILN_HUB_SETTINGS is not JSON: {error}") from None
+    problems = check(data, HUB_SPEC)
+    if not problems and data.get("oauth"):
+        problems.append("oauth: OAuth client settings are given at launch only, never baked")
+    if problems:
+        raise SettingsError("\n".join(f"HUBKILN_HUB_SETTINGS: {p}" for p in problems))
+    return ("# The course profile's hub settings, baked by provision/50-hub-config.sh.\n"
+            "# Later drop-ins (50-launch.yaml from the launch settings) override them.\n"
+            + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else ""
+    try:
+        if command in ("check", "check-baked"):
+            settings = load_settings(Path(argv[1]) if len(argv) > 1 else SETTINGS_DIR,
+                                     consistent=command == "check")
+            hidden = {**settings, "oauth": "(hidden)" if settings["oauth"] else None}
+            print(yaml.safe_dump(hidden, sort_keys=False), end="")
+        elif command == "profile-yaml":
+            print(profile_yaml(sys.stdin.read()), end="")
+        elif command == "caddyfile" and argv[1:] == ["self-signed"]:
+            print(render_caddyfile("files", certificate=SELF_SIGNED_CERT, key=SELF_SIGNED_KEY),
+                  end="")
+        else:
+            print(__doc__.split("Command line")[1], file=sys.stderr)
+            return 2
+    except SettingsError as error:
+        print(f"hubkiln settings error:\n{error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

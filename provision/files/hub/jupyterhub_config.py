@@ -1,0 +1,158 @@
+# JupyterHub configuration of a hubkiln image. Installed by provision/50-hub-config.sh;
+# do not edit it here: the settings live in /etc/hubkiln/hub.d/*.yaml (00-profile.yaml
+# baked from the course profile, 50-launch.yaml written by hubkiln-apply-launch from
+# the launch settings). Check them with `/opt/hubkiln/hub/bin/python -m hubkiln_hub check`.
+#
+# Layout: the hub on 127.0.0.1:8081; configurable-http-proxy, its own unit
+# (jupyterhub-proxy.service), on 127.0.0.1:8000 with its API on 127.0.0.1:8001;
+# the HTTPS front (hubkiln-front.service, Caddy) on 443 and 80 in front of it.
+# Secrets are made at first boot by hubkiln-firstboot, never baked.
+import asyncio
+import sys
+
+from hubkiln_hub import SettingsError, load_settings, unix_name
+from systemdspawner import SystemdSpawner
+
+c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
+
+try:
+    settings = load_settings()
+except SettingsError as error:
+    # One clear message in the journal instead of a traceback; systemd retries.
+    sys.exit(f"hubkiln: the hub settings cannot be used, the hub does not start:\n{error}")
+
+STATE = "/var/lib/hubkiln/hub"
+USER_ENV = "/opt/hubkiln/user"
+PREPARE_USER = "/usr/local/sbin/hubkiln-prepare-user"
+
+# ---- network: everything on localhost, the front terminates HTTPS
+c.JupyterHub.bind_url = "http://127.0.0.1:8000"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:8081"
+c.ConfigurableHTTPProxy.should_start = False  # its own unit: routes survive a hub restart
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:8001"
+c.ConfigurableHTTPProxy.command = ["/opt/hubkiln/proxy/bin/configurable-http-proxy"]
+# auth_token: CONFIGPROXY_AUTH_TOKEN, from the unit's EnvironmentFile
+c.JupyterHub.cleanup_servers = False  # a hub restart leaves students' servers running
+c.JupyterHub.last_activity_interval = 60  # also re-adds proxy routes after a proxy restart
+
+# ---- state and secrets
+c.JupyterHub.db_url = f"sqlite:///{STATE}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "/var/lib/hubkiln/secrets/jupyterhub_cookie_secret"
+c.JupyterHub.cookie_options = {"secure": True}  # only ever served over HTTPS
+
+# ---- who may log in: the roster and the admins, nobody else
+auth = settings["authenticator"]
+admins = set(settings["admins"])
+roster = set(settings["users"])
+c.JupyterHub.authenticator_class = {
+    "firstuse": "firstuseauthenticator.FirstUseAuthenticator",
+    "native": "nativeauthenticator.NativeAuthenticator",
+    "github": "oauthenticator.github.GitHubOAuthenticator",
+    "google": "oauthenticator.google.GoogleOAuthenticator",
+    "generic-oauth": "oauthenticator.generic.GenericOAuthenticator",
+    "lti13": "ltiauthenticator.lti13.auth.LTI13Authenticator",
+}[auth]
+c.Authenticator.admin_users = admins
+c.Authenticator.allowed_users = roster | admins
+c.Authenticator.allow_existing_users = False  # the roster is the authority
+# native: admins approve sign-ups; lti13: the LMS decides who launches. Both let
+# everyone they accept in when no roster is given. The others never do.
+c.Authenticator.allow_all = auth in ("native", "lti13") and not roster
+c.JupyterHub.load_roles = [{"name": "admin", "users": sorted(admins)}]  # exact admin set
+if auth in ("firstuse", "native"):
+    c.Authenticator.username_pattern = r"^[a-z_][a-z0-9_-]{0,31}$"
+if auth == "firstuse":
+    c.FirstUseAuthenticator.dbm_path = f"{STATE}/passwords.dbm"
+    c.FirstUseAuthenticator.create_users = True  # refused later unless on the roster
+    c.FirstUseAuthenticator.min_password_length = 8
+if auth == "native":
+    c.NativeAuthenticator.minimum_password_length = 8
+    c.NativeAuthenticator.check_common_password = True
+oauth = settings["oauth"] or {}
+if auth in ("github", "google", "generic-oauth"):
+    c.OAuthenticator.client_id = oauth["client_id"]
+    c.OAuthenticator.client_secret = oauth["client_secret"]
+    c.OAuthenticator.oauth_callback_url = f"https://{settings['domain']}/hub/oauth_callback"
+    if oauth.get("scope"):
+        c.OAuthenticator.scope = oauth["scope"]
+if auth == "generic-oauth":
+    c.GenericOAuthenticator.authorize_url = oauth["authorize_url"]
+    c.GenericOAuthenticator.token_url = oauth["token_url"]
+    c.GenericOAuthenticator.userdata_url = oauth["userdata_url"]
+    c.GenericOAuthenticator.username_claim = oauth.get("username_claim", "preferred_username")
+if auth == "lti13":
+    c.LTI13Authenticator.client_id = {oauth["client_id"]}
+    c.LTI13Authenticator.authorize_url = oauth["authorize_url"]
+    c.LTI13Authenticator.issuer = oauth["issuer"]
+    c.LTI13Authenticator.jwks_endpoint = oauth["jwks_endpoint"]
+    c.LTI13Authenticator.username_key = oauth.get("username_claim", "email")
+    c.LTI13Authenticator.uri_scheme = "https"
+
+
+# ---- students' servers: one systemd unit per student, as their own Unix account
+class HubkilnSpawner(SystemdSpawner):
+    """SystemdSpawner whose {USERNAME} is the Unix account (hubkiln_hub.unix_name)."""
+
+    def _expand_user_vars(self, string):
+        return string.format(USERNAME=unix_name(self.user.name), USERID=self.user.id)
+
+
+async def prepare_account(spawner):
+    """Create the student's Unix account and hand out the course material (as root)."""
+    name = unix_name(spawner.user.name)
+    process = await asyncio.create_subprocess_exec(
+        PREPARE_USER, "--delivery", settings["content"]["delivery"], name,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await process.communicate())[0].decode(errors="replace").strip()
+    if process.returncode != 0:
+        raise RuntimeError(f"{PREPARE_USER} {name} failed: {output}")
+    for line in output.splitlines():
+        spawner.log.info("%s", line)
+
+
+limits = settings["limits"]
+c.JupyterHub.spawner_class = HubkilnSpawner
+c.Spawner.pre_spawn_hook = prepare_account
+c.Spawner.cmd = [f"{USER_ENV}/bin/jupyterhub-singleuser"]
+c.Spawner.default_url = {"lab": "/lab", "notebook": "/tree"}[settings["default_ui"]]
+c.Spawner.disable_user_config = True
+c.Spawner.ip = "127.0.0.1"
+c.Spawner.mem_limit = limits["memory"]
+c.Spawner.cpu_limit = float(limits["cpu"])
+c.Spawner.start_timeout = 120  # small VMs are slow to import JupyterLab the first time
+c.Spawner.http_timeout = 120
+c.SystemdSpawner.dynamic_users = False
+c.SystemdSpawner.username_template = "{USERNAME}"
+c.SystemdSpawner.unit_name_template = "jupyter-{USERNAME}-singleuser"
+c.SystemdSpawner.default_shell = "/bin/bash"
+c.SystemdSpawner.extra_paths = [f"{USER_ENV}/bin"]
+c.SystemdSpawner.isolate_tmp = True
+c.SystemdSpawner.isolate_devices = True
+c.SystemdSpawner.disable_user_sudo = True
+c.SystemdSpawner.readonly_paths = ["/"]
+c.SystemdSpawner.readwrite_paths = ["/home/{USERNAME}"]
+c.SystemdSpawner.unit_extra_properties = {
+    "TasksMax": str(limits["tasks"]),
+    "ProtectProc": "invisible",  # students see only their own processes
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictSUIDSGID": "yes",
+}
+
+# ---- idle culling: a hub service with just the permissions it needs
+culling = settings["idle_culling"]
+if culling["enabled"]:
+    c.JupyterHub.services = [{
+        "name": "idle-culler",
+        "user": "hubkiln-culler",
+        "cwd": "/",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler",
+                    f"--timeout={culling['timeout_minutes'] * 60}"],
+    }]
+    c.JupyterHub.load_roles.append({
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    })

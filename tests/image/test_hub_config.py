@@ -1,0 +1,106 @@
+"""The hub's configuration follows the security baseline (HARDENING.md, JupyterHub)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+HUB_PY = "/opt/hubkiln/hub/bin/python"
+# Loads /etc/hubkiln/jupyterhub_config.py the way JupyterHub does and prints the values.
+LOAD = r"""
+import json
+from traitlets.config.loader import PyFileConfigLoader
+c = PyFileConfigLoader("jupyterhub_config.py", path="/etc/hubkiln").load_config()
+def plain(v):
+    if isinstance(v, (set, frozenset)): return sorted(v)
+    if isinstance(v, type): return f"{v.__module__}.{v.__name__}"
+    return v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else repr(v)
+print(json.dumps({f"{s}.{k}": plain(v) for s, sec in c.items() if hasattr(sec, "items")
+                  for k, v in sec.items()}))
+"""
+
+
+@pytest.fixture
+def config(host):
+    result = host.run(f"{HUB_PY} -c {json.dumps(LOAD)}")
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("JupyterHub.bind_url", "http://127.0.0.1:8000"),
+    ("JupyterHub.hub_bind_url", "http://127.0.0.1:8081"),
+    ("ConfigurableHTTPProxy.should_start", False),
+    ("ConfigurableHTTPProxy.api_url", "http://127.0.0.1:8001"),
+    ("JupyterHub.cleanup_servers", False),
+    ("Spawner.disable_user_config", True),
+    ("Authenticator.allow_existing_users", False),
+    ("SystemdSpawner.dynamic_users", False),
+    ("SystemdSpawner.isolate_tmp", True),
+    ("SystemdSpawner.isolate_devices", True),
+    ("SystemdSpawner.disable_user_sudo", True),
+    ("SystemdSpawner.readonly_paths", ["/"]),
+    ("SystemdSpawner.readwrite_paths", ["/home/{USERNAME}"]),
+    ("Spawner.cmd", ["/opt/hubkiln/user/bin/jupyterhub-singleuser"]),
+])
+def test_config_value(config, key, expected):
+    assert config.get(key) == expected
+
+
+def test_no_admin_access_and_an_explicit_allow_list(config, settings):
+    assert "JupyterHub.admin_access" not in config
+    if settings["authenticator"] in ("native", "lti13") and not settings["users"]:
+        pytest.skip(f"'{settings['authenticator']}' without a roster lets its own approval decide")
+    assert config["Authenticator.allow_all"] is False
+    assert set(config["Authenticator.allowed_users"]) == set(settings["users"]) | set(
+        settings["admins"])
+    assert set(config["Authenticator.admin_users"]) == set(settings["admins"])
+
+
+def test_limits_come_from_the_settings(config, settings):
+    limits = settings["limits"]
+    assert config["Spawner.mem_limit"] == limits["memory"]
+    assert config["Spawner.cpu_limit"] == float(limits["cpu"])
+    assert config["SystemdSpawner.unit_extra_properties"]["TasksMax"] == str(limits["tasks"])
+
+
+def test_default_ui(config, settings):
+    assert config["Spawner.default_url"] == {"lab": "/lab", "notebook": "/tree"}[
+        settings["default_ui"]]
+
+
+def test_idle_culler_is_a_service_with_a_narrow_role(config, settings):
+    if not settings["idle_culling"]["enabled"]:
+        pytest.skip("idle culling is disabled by the profile")
+    services = {s["name"]: s for s in config["JupyterHub.services"]}
+    culler = services["idle-culler"]
+    assert culler.get("admin") is not True
+    assert culler["user"] == "hubkiln-culler"
+    timeout = settings["idle_culling"]["timeout_minutes"] * 60
+    assert f"--timeout={timeout}" in culler["command"]
+    roles = {r["name"]: r for r in config["JupyterHub.load_roles"]}
+    assert roles["idle-culler"]["services"] == ["idle-culler"]
+    assert "admin:users" not in roles["idle-culler"]["scopes"]
+
+
+def test_idle_culler_runs_unprivileged(host, settings, journal):
+    if not settings["idle_culling"]["enabled"]:
+        pytest.skip("idle culling is disabled by the profile")
+    ps = host.run("ps -eo user:32,args").stdout
+    lines = [line for line in ps.splitlines() if "jupyterhub_idle_culler" in line]
+    assert lines, "the idle culler is not running" + journal("jupyterhub.service")
+    assert all(line.split()[0] == "hubkiln-culler" for line in lines), lines
+
+
+@pytest.mark.parametrize(("path", "mode"), [
+    ("/etc/hubkiln/jupyterhub_config.py", 0o644),
+    ("/etc/hubkiln/hub.d/00-profile.yaml", 0o644),
+])
+def test_configuration_is_root_owned(host, path, mode):
+    config_file = host.file(path)
+    assert (config_file.user, config_file.group, config_file.mode) == ("root", "root", mode)
+
+
+def test_oauth_secret_is_not_in_the_baked_settings(host):
+    assert "client_secret" not in host.file("/etc/hubkiln/hub.d/00-profile.yaml").content_string
