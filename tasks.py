@@ -6,6 +6,7 @@ Run `invoke --list` for the list and `invoke --help TASK` for the options.
 from __future__ import annotations
 
 import functools
+import sys
 
 from invoke import Exit, task
 
@@ -49,13 +50,28 @@ def validate(c, profile="optimization"):
         "profile": PROFILE_HELP,
         "accel": "qemu accelerator: `kvm`, `tcg` or `auto` (default: detect; env HUBKILN_ACCEL).",
         "verbose": "Stream every stage's full log to the terminal.",
+        "skip_validation": "Do not boot and test the image (it is then marked not validated).",
     },
 )
 @reports_errors
-def build(c, profile="optimization", accel=None, verbose=False):
-    """Bake the profile's image: rootfs → disk → bake → outputs, into output/<profile>/."""
-    manifest = actions.build(profile, accelerator=accel, verbose=verbose)
+def build(c, profile="optimization", accel=None, verbose=False, skip_validation=False):
+    """Bake and validate the profile's image: rootfs → disk → bake → outputs → validation."""
+    manifest = actions.build(profile, accelerator=accel, verbose=verbose,
+                             validate_image=not skip_validation)
     print(f"built {manifest['files'][0]['name']} in output/{manifest['profile']}/")
+
+
+@task(help={
+    "profile": PROFILE_HELP,
+    "image": "Image file to test instead of the profile's last build (not recorded).",
+    "accel": "qemu accelerator: `kvm`, `tcg` or `auto` (default: detect).",
+})
+@reports_errors
+def test(c, profile="optimization", image=None, accel=None):
+    """Boot a built image fresh on a snapshot and validate it with tests/image (testinfra)."""
+    record = actions.test_image(profile, image=image, accelerator=accel)
+    print(f"validation passed: {record['passed']} passed, {record['skipped']} skipped "
+          f"in {record['seconds']}s")
 
 
 @task
@@ -75,11 +91,12 @@ def clean(c, all=False):
 
 
 @task(help={"fast": "Run only the unit tests and linters (no VM boots)."})
-def tests(c, fast=False):
+def check(c, fast=False):
     """Run the test suite: unit tests and linters first, then the end-to-end image build."""
-    c.run("pytest -m 'not vm'", pty=False)
+    pytest = f"{sys.executable} -m pytest"
+    c.run(f"{pytest} -m 'not vm'", pty=False)
     if not fast:
-        c.run("pytest -m vm", pty=False)
+        c.run(f"{pytest} -m vm", pty=False)
 
 
 LAUNCH_HELP = "Launch settings (YAML, see docs/launch.md), like examples/launch.yaml."

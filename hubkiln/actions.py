@@ -89,14 +89,39 @@ def clean(*, include_caches: bool) -> list[Path]:
     return removed
 
 
-def build(profile_ref: str, *, accelerator: str | None, verbose: bool) -> dict:
+def build(profile_ref: str, *, accelerator: str | None, verbose: bool,
+          validate_image: bool = True) -> dict:
     """Validate, then run the whole build of a profile; return its manifest."""
     from . import build as build_module
     from . import proc
 
     proc.VERBOSE = proc.VERBOSE or verbose
     validate(profile_ref)
-    return build_module.build(profile_ref, accelerator=accelerator)
+    return build_module.build(profile_ref, accelerator=accelerator, validate=validate_image)
+
+
+def test_image(profile_ref: str, *, image: str | None, accelerator: str | None) -> dict:
+    """Boot a built image fresh and run tests/image against it; record the outcome."""
+    from . import artifacts, imagetest
+    from .render import output_dir
+
+    profile = load_profile(profile_ref)
+    out = output_dir(profile)
+    manifest = artifacts.read_manifest(out)
+    if image is None:
+        if manifest is None:
+            raise BuildError(f"no built image for {profile.name} in {out}",
+                             hint=f"run `invoke build --profile={profile_ref}` first")
+        path = out / manifest["files"][0]["name"]
+    else:
+        path = Path(image)
+    record = imagetest.validate_image(profile, path, accelerator=accelerator)
+    if image is None:
+        imagetest.record_validation(out, record)
+    if record["status"] != "passed":
+        raise BuildError(imagetest.failure_message(record),
+                         hint=f"see {out / record['log']}")
+    return record
 
 
 def seed(config: str | None, *, iso: str | None, user_data: str | None,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, accel, artifacts, chroot, disk, packer, rootfs, seed
+from . import __version__, accel, artifacts, chroot, disk, imagetest, packer, rootfs, seed
 from .errors import BuildError
 from .preflight import check_host_tools
 from .proc import run
@@ -175,8 +175,9 @@ def bake(profile: Profile, template_dir: Path, disk_image: Path, paths: BuildPat
     return packer_out / "baked.qcow2"
 
 
-def build(profile_ref: str, *, accelerator: str | None = None) -> dict[str, Any]:
-    """Build a profile's image; return the manifest."""
+def build(profile_ref: str, *, accelerator: str | None = None,
+          validate: bool = True) -> dict[str, Any]:
+    """Build a profile's image and validate it (unless `validate` is false); return the manifest."""
     profile = load_profile(profile_ref)
     check_host_tools(BUILD_TOOLS)
     progress = Progress()
@@ -245,6 +246,17 @@ def build(profile_ref: str, *, accelerator: str | None = None) -> dict[str, Any]
         manifest = publish_outputs(profile, baked, paths, started, progress.timings, inventory,
                                    release, kernel, cache)
     remove_tree(paths.work, paths.logs / "build.log")
+    if validate:
+        image = paths.out / manifest["files"][0]["name"]
+        with progress.stage("validate", "boot the image fresh, run tests/image"):
+            record = imagetest.validate_image(profile, image, accelerator=choice.name,
+                                              progress=progress)
+            imagetest.record_validation(paths.out, record)
+        manifest = artifacts.read_manifest(paths.out) or manifest
+        if record["status"] != "passed":
+            raise BuildError(imagetest.failure_message(record),
+                             hint=f"see {paths.logs / 'validate.log'}; the image is marked "
+                             f"failed in {paths.out / artifacts.MANIFEST}")
     return manifest
 
 

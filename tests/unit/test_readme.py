@@ -17,7 +17,7 @@ def test_profile_reference_matches_the_schema():
 
 def test_ci_runs_the_readme_test_command():
     ci = (PROJECT / ".ci" / "run").read_text()
-    command = "./kiln tests"
+    command = "./kiln check"
     assert f"\n    {command}" in README or f"\n{command}" in README
     assert f"exec {command}" in ci
 

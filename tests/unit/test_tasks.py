@@ -16,7 +16,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
 
 def test_every_task_is_described():
     listing = invoke("--list").stdout
-    for name in ("render", "validate", "build", "clean", "docs", "tests"):
+    for name in ("render", "validate", "build", "clean", "docs", "check", "test", "seed", "launch"):
         line = next(line for line in listing.splitlines() if line.strip().startswith(name))
         assert len(line.split()) > 1, f"task {name} has no description"
 
