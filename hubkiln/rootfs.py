@@ -82,6 +82,18 @@ KERNEL_IMG_CONF_HOOK = (
 
 MMDEBSTRAP = "mmdebstrap"
 
+#: Documentation that a server image does not need, as in Ubuntu's minimal
+#: images (copyright notices stay). mmdebstrap keeps these options in
+#: /etc/dpkg/dpkg.cfg.d/, so packages installed later skip them too.
+DPKG_EXCLUDES = (
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+)
+
 
 @dataclass(frozen=True)
 class OsSpec:
@@ -179,6 +191,7 @@ def mmdebstrap_command(
         f"--components={','.join(spec.components)}",
         f"--keyring={keyring or spec.keyring}",
         '--aptopt=APT::Install-Recommends "false"',
+        *(f"--dpkgopt={option}" for option in DPKG_EXCLUDES),
     ]
     if apt_proxy:
         cmd.append(f'--aptopt=Acquire::http::Proxy "{apt_proxy}"')

@@ -23,7 +23,7 @@ print(json.dumps({f"{s}.{k}": plain(v) for s, sec in c.items() if hasattr(sec, "
 
 @pytest.fixture
 def config(host):
-    result = host.run(f"{HUB_PY} -c {json.dumps(LOAD)}")
+    result = host.run(f"{HUB_PY} -c %s", LOAD)
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)
 

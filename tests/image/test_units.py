@@ -21,8 +21,9 @@ def test_unit_is_running(host, journal, unit):
 
 
 def test_firstboot_ran_and_succeeded(host, journal):
-    result = host.run("systemctl show -P ActiveState,Result hubkiln-firstboot.service")
-    state, outcome = result.stdout.split()
+    result = host.run("systemctl show -p ActiveState -p Result hubkiln-firstboot.service")
+    shown = dict(line.split("=", 1) for line in result.stdout.split())
+    state, outcome = shown["ActiveState"], shown["Result"]
     assert (state, outcome) == ("active", "success"), (
         f"hubkiln-firstboot is {state}/{outcome}" + journal("hubkiln-firstboot.service"))
 

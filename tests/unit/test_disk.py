@@ -176,7 +176,7 @@ def test_convert_command():
     assert qemu_img_convert_command(Path("a.raw"), Path("a.qcow2")) == [
         "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "a.raw", "a.qcow2"]
     assert qemu_img_convert_command(Path("a"), Path("b"), compress=True, zstd=True)[6:9] == [
-        "-c", "-o", "compression_type=zstd"]
+        "-c", "-o", "cluster_size=2M,compression_type=zstd"]
     assert "-o" not in qemu_img_convert_command(Path("a"), Path("b"), fmt="vmdk", compress=True,
                                                 zstd=True)
 

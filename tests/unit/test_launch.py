@@ -248,6 +248,7 @@ def test_check_ssh_public_key_accepts_a_real_key():
 def test_oauth_secrets_are_never_echoed(in_tmp):
     path = write(in_tmp, """\
         users: [alice]
+        domain: hub.example.org
         oauth: {client_id: abc, client_secret: 8675309}
         """)
     problem = the_problem(path)
@@ -256,16 +257,40 @@ def test_oauth_secrets_are_never_echoed(in_tmp):
 
 
 def test_oauth_needs_id_and_secret(in_tmp):
-    problem = the_problem(write(in_tmp, "users: [alice]\noauth: {client_id: abc}\n"))
-    assert problem.startswith("launch.yaml: oauth.client_secret: is missing")
+    path = write(in_tmp, "users: [a]\ndomain: hub.example.org\noauth: {client_secret: x}\n")
+    assert the_problem(path) == "launch.yaml: oauth.client_id: is missing (oauth needs client_id)"
+    path = write(in_tmp, "users: [a]\ndomain: hub.example.org\noauth: {client_id: abc}\n")
+    assert the_problem(path).startswith("launch.yaml: oauth.client_secret: is missing")
+
+
+def test_oauth_needs_a_domain(in_tmp):
+    problem = the_problem(write(in_tmp, "users: [a]\noauth: {client_id: a, client_secret: b}\n"))
+    assert problem.startswith("launch.yaml: domain: is needed with `oauth`")
+
+
+def test_an_lti_tool_needs_its_keys_and_no_secret(in_tmp):
+    path = write(in_tmp, """\
+        users: [alice]
+        domain: hub.example.org
+        oauth:
+          client_id: abc
+          issuer: https://lms.example.org
+          authorize_url: https://lms.example.org/auth
+          jwks_endpoint: https://lms.example.org/jwks
+        """)
+    assert load_launch(path)["oauth"]["issuer"] == "https://lms.example.org"
+    path.write_text(path.read_text().replace("  jwks_endpoint", "  # jwks_endpoint"))
+    assert the_problem(path).startswith("launch.yaml: oauth.jwks_endpoint: is missing (an LTI")
 
 
 def test_generic_oidc_needs_its_three_urls(in_tmp):
     path = write(in_tmp, """\
         users: [alice]
+        domain: hub.example.org
         oauth:
           client_id: abc
           client_secret: xyz
+          scope: [openid, email]
           authorize_url: https://id.example.org/authorize
           token_url: http://id.example.org/token
         """)
@@ -278,7 +303,8 @@ def test_generic_oidc_needs_its_three_urls(in_tmp):
 
 
 def test_username_claim_needs_the_oidc_urls(in_tmp):
-    path = write(in_tmp, "users: [a]\noauth: {client_id: a, client_secret: b, username_claim: c}\n")
+    path = write(in_tmp, "users: [a]\ndomain: hub.example.org\n"
+                 "oauth: {client_id: a, client_secret: b, username_claim: c}\n")
     assert "oauth.username_claim: is used only with a generic OIDC" in the_problem(path)
 
 
@@ -464,6 +490,7 @@ def test_the_document_in_the_user_data_is_itself_a_valid_launch_file(tmp_path):
     path = write(tmp_path, f"""\
         admins: [teacher]
         users: [alice]
+        domain: hub.example.org
         ssh_authorized_keys: ['{spaced}']
         oauth: {{client_id: a, client_secret: "s3cr:et"}}
         tls: {{certificate_file: hub.crt, key_file: hub.key}}
@@ -514,13 +541,36 @@ def test_profiles_that_need_oauth_or_tls_say_so():
     demo = demo_launch()
     assert check_launch_for_profile(demo, ci) == []
     (problem,) = check_launch_for_profile(demo, with_hub(ci, hub={"authenticator": "github"}))
-    assert problem.startswith("(built-in demo settings): oauth: the profile 'ci' logs in with "
-                              "github")
+    assert problem == ("(built-in demo settings): oauth: the profile 'ci' logs in with github, "
+                       "which needs oauth.client_id, oauth.client_secret")
     (problem,) = check_launch_for_profile(demo, with_hub(ci, tls={"mode": "provided"}))
     assert "tls.mode `provided`, which needs `tls`" in problem
     github = Launch(data={**demo.data, "oauth": {"client_id": "a", "client_secret": "b"}})
     assert check_launch_for_profile(github, with_hub(ci, hub={"authenticator": "github"})) == []
-    assert check_launch_for_profile(github, with_hub(ci, hub={"authenticator": "generic-oauth"}))
+    (problem,) = check_launch_for_profile(github, with_hub(ci, hub={"authenticator":
+                                                                    "generic-oauth"}))
+    assert problem.endswith("needs oauth.authorize_url, oauth.token_url, oauth.userdata_url")
+    (problem,) = check_launch_for_profile(github, with_hub(ci, hub={"authenticator": "lti13"}))
+    assert problem.endswith("needs oauth.authorize_url, oauth.issuer, oauth.jwks_endpoint")
+
+
+def test_upper_case_host_and_domain_names_are_refused(in_tmp):
+    problems = problems_of(write(in_tmp, "users: [a]\nhostname: Lab\ndomain: Hub.example.org\n"))
+    assert [p.split(":")[1].strip() for p in problems] == ["domain", "hostname"]
+    assert "lower case" in problems[0] and "lower-case" in problems[1]
+
+
+def test_a_local_launch_refuses_provider_logins(tmp_path):
+    from hubkiln.errors import HubkilnError
+    from hubkiln.launch import boot_locally
+
+    github = with_hub(load_profile("ci"), hub={"authenticator": "github"})
+    out = tmp_path / "ci"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"files": [{"name": "x.qcow2", "format": "qcow2"}]}')
+    (out / "x.qcow2").write_bytes(b"")
+    with pytest.raises(HubkilnError, match="logs in with github, which cannot work on a VM"):
+        boot_locally(github, "ci", demo_launch(), output_root=tmp_path, say=lambda _: None)
 
 
 def test_local_launch_drops_the_domain():
