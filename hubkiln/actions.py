@@ -74,8 +74,9 @@ def validate(profile_ref: str) -> tuple[Profile, Path]:
 
 
 def update_docs() -> bool:
-    """Regenerate the profile reference in README.md; return True when it changed."""
-    return update_readme(PROJECT_DIR / "README.md")
+    """Regenerate the references in README.md and docs/launch.md; True when one changed."""
+    changed = update_readme(PROJECT_DIR / "README.md")
+    return update_launch_docs() or changed
 
 
 def clean(*, include_caches: bool) -> list[Path]:

@@ -134,6 +134,10 @@ BAD_INPUTS = {
         "extends: nothing\nname: c\ndescription: d\n",
         "c.yaml: extends: 'nothing' not found",
     ),
+    "name with a trailing newline": (
+        'name: "c\\n"\ndescription: d\n',
+        "c.yaml: name: 'c\\n' is not a short name",
+    ),
     "top level is a list": ("- name: c\n", "c.yaml: (top level): a list, expected a mapping"),
     "bad package pin": (
         "name: c\ndescription: d\nenvironment:\n  python_packages: ['numpy==']\n",
