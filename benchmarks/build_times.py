@@ -31,11 +31,12 @@ PROJECT = Path(__file__).resolve().parent.parent
 TARGETS = {"cold_seconds": 8 * 60, "rebuild_seconds": 4 * 60, "image_bytes": 600 * 10**6}
 
 
-def timed_build(profile_ref: str) -> tuple[float, dict]:
+def timed_build(profile_ref: str, validate: bool) -> tuple[float, dict]:
     from hubkiln import actions
 
     started = time.monotonic()
-    manifest = actions.build(profile_ref, accelerator=None, verbose=False)
+    manifest = actions.build(profile_ref, accelerator=None, verbose=False,
+                             validate_image=validate)
     return time.monotonic() - started, manifest
 
 
@@ -59,19 +60,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="optimization")
     parser.add_argument("--keep-cache", action="store_true")
+    parser.add_argument("--skip-validation", action="store_true",
+                        help="time the build stages only, not the validation boot")
     args = parser.parse_args()
 
     cache = Path(tempfile.mkdtemp(prefix="bench-", dir=PROJECT / ".cache"))
     os.environ["HUBKILN_CACHE"] = str(cache)
     sys.path.insert(0, str(PROJECT))
-    results: dict = {"profile": args.profile, "cpus": os.cpu_count()}
+    validate = not args.skip_validation
+    results: dict = {"profile": args.profile, "cpus": os.cpu_count(), "validated": validate}
     try:
-        cold, manifest = timed_build(args.profile)
+        cold, manifest = timed_build(args.profile, validate)
         results["cold_seconds"] = round(cold, 1)
         results["cold_stages"] = manifest["timings_seconds"]
         results["image_bytes"] = manifest["files"][0]["bytes"]
         with tempfile.TemporaryDirectory() as tmp:
-            warm, manifest = timed_build(str(hub_settings_variant(args.profile, Path(tmp))))
+            warm, manifest = timed_build(str(hub_settings_variant(args.profile, Path(tmp))),
+                                         validate)
         results["rebuild_seconds"] = round(warm, 1)
         results["rebuild_stages"] = manifest["timings_seconds"]
         results["rebuild_cache"] = manifest["cache"]

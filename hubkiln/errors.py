@@ -19,18 +19,30 @@ class HubkilnError(Exception):
         return self.message
 
 
-class ProfileError(HubkilnError):
-    """A profile failed validation. `problems` lists every error found."""
+class ProblemsError(HubkilnError):
+    """Input failed validation. `problems` lists every error found, one line each."""
+
+    #: How the message names the input, and where its keys are documented.
+    subject = "the input has"
+    reference = "its documentation"
+    consequence = "nothing was written"
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         count = f"{len(self.problems)} problem" + ("s" if len(self.problems) != 1 else "")
         super().__init__(
-            f"the profile has {count}; nothing was written or built:\n  "
-            + "\n  ".join(self.problems),
-            hint="fix each key named above (the README's profile reference lists what is "
-            "allowed), then run the command again",
+            f"{self.subject} {count}; {self.consequence}:\n  " + "\n  ".join(self.problems),
+            hint=f"fix each key named above ({self.reference} lists what is allowed), "
+            "then run the command again",
         )
+
+
+class ProfileError(ProblemsError):
+    """A profile failed validation."""
+
+    subject = "the profile has"
+    reference = "the README's profile reference"
+    consequence = "nothing was written or built"
 
 
 class BuildError(HubkilnError):

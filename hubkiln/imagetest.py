@@ -127,7 +127,7 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
         iso = seed.make_seed_iso(folder, work / "seed.iso")
         ssh_config = work / "ssh_config"
         ssh_config.write_text(render_ssh_config())
-        ports = {22: free_port(), 443: free_port()}
+        ports = {22: free_port(), 80: free_port(), 443: free_port()}
         spec = VmSpec(image=image, seed_iso=iso, serial_log=logs / "validate-serial.log",
                       accelerator=choice.name, forwards=ports)
         junit = work / "junit.xml"
@@ -139,6 +139,7 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
                 "HUBKILN_TEST_PROFILE": str(profile.path),
                 "HUBKILN_TEST_LAUNCH": str(launch_file),
                 "HUBKILN_TEST_HTTPS_PORT": str(ports[443]),
+                "HUBKILN_TEST_HTTP_PORT": str(ports[80]),
                 "HUBKILN_TEST_SSH_PORT": str(ports[22]),
                 "HUBKILN_TEST_KEY": str(key),
                 "HUBKILN_TEST_ADMIN": TEST_ADMIN,

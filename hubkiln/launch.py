@@ -46,7 +46,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from . import seed
-from .errors import BuildError, HubkilnError
+from .errors import BuildError, HubkilnError, ProblemsError
 from .preflight import check_host_tools
 from .profile import (
     PACKAGE_DIR,
@@ -142,18 +142,11 @@ def launch_defaults() -> dict[str, Any]:
             load_launch_schema()["properties"].items()}
 
 
-class LaunchError(HubkilnError):
-    """A launch file failed validation. `problems` lists every error found."""
+class LaunchError(ProblemsError):
+    """A launch file failed validation."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        count = f"{len(self.problems)} problem" + ("s" if len(self.problems) != 1 else "")
-        super().__init__(
-            f"the launch settings have {count}; nothing was written:\n  "
-            + "\n  ".join(self.problems),
-            hint="fix each key named above (docs/launch.md lists what is allowed), "
-            "then run the command again",
-        )
+    subject = "the launch settings have"
+    reference = "docs/launch.md"
 
 
 @dataclass(frozen=True)
