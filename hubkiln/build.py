@@ -26,7 +26,15 @@ from .preflight import check_host_tools
 from .proc import run
 from .profile import Profile, load_profile, parse_size
 from .progress import Progress
-from .provision import PROVISION_DIR, Step, provision_env, script_path, steps_in
+from .provision import (
+    CONTENT_STAGING,
+    PROVISION_DIR,
+    Step,
+    provision_env,
+    script_path,
+    step_env,
+    steps_in,
+)
 from .render import BUILD_USER, output_dir, render_templates
 
 CACHE_DIR = Path(os.environ.get("HUBKILN_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
@@ -83,7 +91,7 @@ def base_key(profile: Profile) -> str:
 
 def layer_key(parent: str, steps: list[Step], env: dict[str, str]) -> str:
     """Cache key of a provisioned layer: its parent, its scripts, their shared files, inputs."""
-    return digest(parent, env, *(script_path(s) for s in steps),
+    return digest(parent, step_env(steps, env), *(script_path(s) for s in steps),
                   PROVISION_DIR / "lib", PROVISION_DIR / "files")
 
 
@@ -140,7 +148,18 @@ def provision(tree: Path, steps: list[Step], env: dict[str, str], ca: Path, prox
     with chroot.chroot_session(tree, ca_bundle=ca, log=log, proxy=proxy) as session:
         for step in steps:
             progress.detail(f"{step.script}: {step.doc}")
-            chroot.run_script(session, script_path(step), env, log, support_dir=PROVISION_DIR)
+            chroot.run_script(session, script_path(step), step_env([step], env), log,
+                              support_dir=PROVISION_DIR)
+
+
+def stage_content(profile: Profile, tree: Path, log: Path) -> None:
+    """Copy the profile's content folders into the tree for 60-content.sh to install."""
+    staging = tree / CONTENT_STAGING.lstrip("/")
+    remove_tree(staging, log)
+    staging.mkdir(parents=True)
+    for folder in profile["content"]["folders"]:
+        run(["cp", "-r", "--no-preserve=ownership", f"{folder['source']}/.",
+             str(staging / folder["name"])], log=log)
 
 
 def bake(profile: Profile, template_dir: Path, disk_image: Path, paths: BuildPaths,
@@ -223,6 +242,7 @@ def build(profile_ref: str, *, accelerator: str | None = None,
     tree = paths.work / "rootfs"
     with progress.stage("config", "hub settings and content (chroot)"):
         copy_tree(envs_tree, tree, paths.logs / "config.log")
+        stage_content(profile, tree, paths.logs / "config.log")
         provision(tree, steps_in("config"), env, ca, base["apt_proxy"],
                   paths.logs / "config.log", progress)
         inventory = artifacts.inventory(tree, VENVS, NODE_MODULES)

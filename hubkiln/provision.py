@@ -25,24 +25,32 @@ PROVISION_DIR = PROJECT_DIR / "provision"
 #: Where the build copies `provision/` inside a guest or chroot.
 GUEST_PROVISION_DIR = "/run/hubkiln-build/provision"
 
+#: Where the build stages the profile's content folders inside the tree (or the
+#: guest) for 60-content.sh; /var/tmp is emptied by the seal.
+CONTENT_STAGING = "/var/tmp/hubkiln-content"
+
 
 @dataclass(frozen=True)
 class Step:
-    """One provisioning script and the layer it belongs to."""
+    """One provisioning script, its layer, and the environment variables it reads."""
 
     script: str
     layer: str
     doc: str
+    inputs: tuple[str, ...] = ()
 
 
 STEPS: tuple[Step, ...] = (
-    Step("10-apt-packages.sh", "envs", "OS packages the hub needs, plus the profile's"),
+    Step("10-apt-packages.sh", "envs", "OS packages the hub needs, plus the profile's",
+         ("HUBKILN_APT_PACKAGES", "HUBKILN_APT_PROXY")),
     Step("20-hub-env.sh", "envs", "the hub's virtual environment"),
     Step("30-proxy.sh", "envs", "configurable-http-proxy"),
-    Step("40-user-env.sh", "envs", "the students' environment and kernel"),
-    Step("50-hub-config.sh", "config", "hub configuration, helpers and units"),
-    Step("60-content.sh", "config", "course material, read-only"),
-    Step("70-https.sh", "config", "the HTTPS front (Caddy)"),
+    Step("40-user-env.sh", "envs", "the students' environment and kernel",
+         ("HUBKILN_PYTHON_PACKAGES", "HUBKILN_KERNEL_DISPLAY_NAME")),
+    Step("50-hub-config.sh", "config", "hub configuration, helpers and units",
+         ("HUBKILN_HUB_SETTINGS",)),
+    Step("60-content.sh", "config", "course material, read-only", ("HUBKILN_CONTENT_SRC",)),
+    Step("70-https.sh", "config", "the HTTPS front (Caddy)", ("HUBKILN_HUB_SETTINGS",)),
     Step("90-seal.sh", "seal", "image hygiene before capture"),
 )
 
@@ -55,6 +63,12 @@ def steps_in(*layers: str) -> list[Step]:
     if unknown:
         raise ValueError(f"unknown layer(s): {sorted(unknown)}")
     return [step for step in STEPS if step.layer in layers]
+
+
+def step_env(steps: list[Step], env: dict[str, str]) -> dict[str, str]:
+    """Only the variables that `steps` declare as inputs: what they see, what keys their cache."""
+    wanted = {name for step in steps for name in step.inputs}
+    return {k: v for k, v in env.items() if k in wanted}
 
 
 def script_path(step: Step) -> Path:
@@ -82,12 +96,11 @@ def provision_env(profile: Profile) -> dict[str, str]:
     env = profile["environment"]
     base = profile["base"]
     return {
-        "HUBKILN_PROFILE": profile.name,
-        "HUBKILN_OS": base["os"],
         "HUBKILN_APT_PACKAGES": " ".join(env["apt_packages"]),
         "HUBKILN_APT_PROXY": base["apt_proxy"] or "",
         "HUBKILN_PYTHON_PACKAGES": "\n".join(env["python_packages"]),
         "HUBKILN_KERNEL_DISPLAY_NAME": env["kernel_display_name"],
         "HUBKILN_HUB_SETTINGS": json.dumps(hub_settings(profile), sort_keys=True,
                                            separators=(",", ":")),
+        "HUBKILN_CONTENT_SRC": CONTENT_STAGING if profile["content"]["folders"] else "",
     }

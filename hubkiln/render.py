@@ -27,7 +27,7 @@ import jinja2
 from . import __version__
 from .hcl import to_hcl
 from .profile import PROJECT_DIR, Profile, parse_size
-from .provision import GUEST_PROVISION_DIR, provision_env, steps_in
+from .provision import CONTENT_STAGING, GUEST_PROVISION_DIR, provision_env, steps_in
 
 TEMPLATE_DIR = PROJECT_DIR / "packer"
 OUTPUT_DIR = PROJECT_DIR / "output"
@@ -140,6 +140,8 @@ def render_context(profile: Profile, out: Path) -> dict[str, Any]:
         "vm_commands": guest_commands(vm_scripts),
         "cloud_commands": guest_commands(cloud_scripts),
         "cloud_builders": list(profile["outputs"]["cloud_builders"]),
+        "content_folders": list(profile["content"]["folders"]),
+        "content_staging": CONTENT_STAGING,
     }
 
 
