@@ -39,6 +39,8 @@ from .render import BUILD_USER, output_dir, render_templates
 
 CACHE_DIR = Path(os.environ.get("HUBKILN_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
 ROOT_LABEL = "hubkiln-root"
+#: How many trees of each cached layer to keep (other profiles, older inputs).
+CACHE_KEEP = 4
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 #: Where the provision scripts install the environments (for the inventory).
@@ -113,6 +115,7 @@ def ensure_cached(key_dir: Path, make, progress: Progress, name: str, what: str,
                   log: Path) -> bool:
     """Make `key_dir` with `make(tmp)` unless it is cached; return True on a cache hit."""
     if key_dir.exists():
+        os.utime(key_dir)  # most recently used: kept by prune_cache
         progress.skip(name, f"{what} ({key_dir.name})")
         return True
     key_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +134,17 @@ def ensure_cached(key_dir: Path, make, progress: Progress, name: str, what: str,
     finally:
         remove_tree(tmp, log)
     return False
+
+
+def prune_cache(cache: Path, keep: int, log: Path) -> list[Path]:
+    """Keep the `keep` most recently used trees of each layer; remove the older ones."""
+    removed = []
+    for prefix in ("os-", "envs-"):
+        trees = sorted(cache.glob(f"{prefix}*"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in trees[keep:]:
+            remove_tree(old, log)
+            removed.append(old)
+    return removed
 
 
 def build_ca_bundle(profile: Profile, work: Path) -> Path:
@@ -238,6 +252,7 @@ def build(profile_ref: str, *, accelerator: str | None = None,
     cache["envs"] = "hit" if ensure_cached(envs_tree, make_envs, progress, "envs",
                                            "OS packages and Python environments (chroot)",
                                            paths.logs / "envs.log") else "miss"
+    prune_cache(paths.cache, CACHE_KEEP, paths.logs / "envs.log")
 
     tree = paths.work / "rootfs"
     with progress.stage("config", "hub settings and content (chroot)"):

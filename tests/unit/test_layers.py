@@ -44,3 +44,18 @@ def test_a_course_package_rebuilds_the_environments():
 def test_scripts_see_only_what_they_declare():
     (apt,) = [s for s in STEPS if s.script == "10-apt-packages.sh"]
     assert set(step_env([apt], env_of())) == {"HUBKILN_APT_PACKAGES", "HUBKILN_APT_PROXY"}
+
+
+def test_prune_keeps_the_most_recently_used_trees(tmp_path):
+    import os
+
+    from hubkiln.build import prune_cache
+
+    for i in range(4):
+        tree = tmp_path / f"envs-{i}"
+        tree.mkdir()
+        os.utime(tree, (1000 + i, 1000 + i))
+    (tmp_path / "os-a").mkdir()
+    removed = prune_cache(tmp_path, keep=2, log=tmp_path / "log")
+    assert sorted(p.name for p in removed) == ["envs-0", "envs-1"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["envs-2", "envs-3", "os-a"]
