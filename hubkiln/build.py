@@ -93,8 +93,9 @@ def base_key(profile: Profile) -> str:
 
 def layer_key(parent: str, steps: list[Step], env: dict[str, str]) -> str:
     """Cache key of a provisioned layer: its parent, its scripts, their shared files, inputs."""
+    files = sorted({name for step in steps for name in step.files})
     return digest(parent, step_env(steps, env), *(script_path(s) for s in steps),
-                  PROVISION_DIR / "lib", PROVISION_DIR / "files")
+                  PROVISION_DIR / "lib", *(PROVISION_DIR / "files" / name for name in files))
 
 
 def remove_tree(path: Path, log: Path) -> None:

@@ -38,19 +38,24 @@ class Step:
     layer: str
     doc: str
     inputs: tuple[str, ...] = ()
+    #: What the script reads from provision/files/ (files or folders): part of its cache key.
+    files: tuple[str, ...] = ()
 
 
 STEPS: tuple[Step, ...] = (
     Step("10-apt-packages.sh", "envs", "OS packages the hub needs, plus the profile's",
          ("HUBKILN_APT_PACKAGES", "HUBKILN_APT_PROXY")),
-    Step("20-hub-env.sh", "envs", "the hub's virtual environment"),
-    Step("30-proxy.sh", "envs", "configurable-http-proxy"),
+    Step("20-hub-env.sh", "envs", "the hub's virtual environment",
+         files=("hub-requirements.txt", "uv-requirements.txt")),
+    Step("30-proxy.sh", "envs", "configurable-http-proxy", files=("proxy",)),
     Step("40-user-env.sh", "envs", "the students' environment and kernel",
-         ("HUBKILN_PYTHON_PACKAGES", "HUBKILN_KERNEL_DISPLAY_NAME")),
+         ("HUBKILN_PYTHON_PACKAGES", "HUBKILN_KERNEL_DISPLAY_NAME"),
+         files=("user-requirements.txt", "uv-requirements.txt")),
     Step("50-hub-config.sh", "config", "hub configuration, helpers and units",
-         ("HUBKILN_HUB_SETTINGS",)),
+         ("HUBKILN_HUB_SETTINGS",), files=("hub", "bin", "systemd")),
     Step("60-content.sh", "config", "course material, read-only", ("HUBKILN_CONTENT_SRC",)),
-    Step("70-https.sh", "config", "the HTTPS front (Caddy)", ("HUBKILN_HUB_SETTINGS",)),
+    Step("70-https.sh", "config", "the HTTPS front (Caddy)", ("HUBKILN_HUB_SETTINGS",),
+         files=("systemd",)),
     Step("90-seal.sh", "seal", "image hygiene before capture"),
 )
 

@@ -59,3 +59,16 @@ def test_prune_keeps_the_most_recently_used_trees(tmp_path):
     removed = prune_cache(tmp_path, keep=2, log=tmp_path / "log")
     assert sorted(p.name for p in removed) == ["envs-0", "envs-1"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["envs-2", "envs-3", "os-a"]
+
+
+def test_declared_files_exist():
+    from hubkiln.provision import PROVISION_DIR
+
+    for step in STEPS:
+        for name in step.files:
+            assert (PROVISION_DIR / "files" / name).exists(), f"{step.script}: {name}"
+
+
+def test_hub_config_files_do_not_key_the_environments():
+    envs = steps_in("envs")
+    assert not {"hub", "bin", "systemd"} & {n for s in envs for n in s.files}
