@@ -212,7 +212,15 @@ def bake(profile: Profile, template_dir: Path, disk_image: Path, paths: BuildPat
 
 def build(profile_ref: str, *, accelerator: str | None = None,
           validate: bool = True) -> dict[str, Any]:
-    """Build a profile's image and validate it (unless `validate` is false); return the manifest."""
+    """Build a profile's image and validate it (unless `validate` is false); return the manifest.
+
+    SIGTERM is handled like Ctrl-C, so that Packer, qemu and chroot mounts are cleaned up.
+    """
+    with chroot.sigterm_raises():
+        return _build(profile_ref, accelerator=accelerator, validate=validate)
+
+
+def _build(profile_ref: str, *, accelerator: str | None, validate: bool) -> dict[str, Any]:
     profile = load_profile(profile_ref)
     check_host_tools(BUILD_TOOLS)
     progress = Progress()

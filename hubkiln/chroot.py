@@ -240,7 +240,7 @@ def _stop_processes_in(root: Path, log: Path) -> None:
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[None]:
     """Turn SIGTERM into an exception while in the block, so cleanup runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -282,7 +282,7 @@ def chroot_session(
     policy = root / POLICY_RC_D
     policy_backup = policy.with_name("policy-rc.d.hubkiln-saved")
     touched_resolv = False
-    with _sigterm_raises():
+    with sigterm_raises():
         try:
             if policy.exists():
                 policy.rename(policy_backup)

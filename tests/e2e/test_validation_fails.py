@@ -13,7 +13,12 @@ from hubkiln.imagetest import FAILED_MARKER
 from hubkiln.profile import load_profile
 from hubkiln.render import output_dir
 
-pytestmark = [pytest.mark.vm, pytest.mark.e2e]
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.e2e,
+    pytest.mark.skip(reason="needs the image tests (tests/image) to pass on a good image "
+                     "first; issue 4 enables it"),
+]
 
 BROKEN = Path(__file__).parent / "fixtures" / "broken-hub.yaml"
 
