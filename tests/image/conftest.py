@@ -40,31 +40,68 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     here = os.path.dirname(__file__)
     has_hosts = bool(config.getoption("hosts", None))
     for item in items:
-        if not str(item.fspath).startswith(here):
-            continue
+        fixtures = getattr(item, "fixturenames", ())
+        if not str(item.fspath).startswith(here) or not {"host", "front"} & set(fixtures):
+            continue  # pure tests of the in-guest logic run anywhere
         item.add_marker(pytest.mark.vm)
-        if "host" in getattr(item, "fixturenames", ()) and not has_hosts:
+        if "host" in fixtures and not has_hosts:
             item.add_marker(pytest.mark.skip(
                 reason="needs a booted image: --hosts=ssh://USER@127.0.0.1:PORT"))
+
+
+_LOGIN_IS_ROOT: dict[int, bool] = {}
+
+
+def login_is_root(host: Any) -> bool:
+    """Whether `host` logs in as root: the ssh:// user, else asked once (before any sudo)."""
+    if id(host) not in _LOGIN_IS_ROOT:
+        user = getattr(getattr(host.backend, "host", None), "user", None)
+        _LOGIN_IS_ROOT[id(host)] = (user == "root") if user else host.run(
+            "id -u").stdout.strip() == "0"
+    return _LOGIN_IS_ROOT[id(host)]
 
 
 @contextlib.contextmanager
 def as_root(host: Any):
     """Run `host` commands as root inside the block (the SSH user has sudo)."""
-    if host.user().name == "root":
+    if login_is_root(host):
         yield
     else:
         with host.sudo():
             yield
 
 
+#: Seconds the tests wait for the hub after SSH answers (first boot under TCG is slow).
+READY_TIMEOUT = float(os.environ.get("HUBKILN_TEST_READY_TIMEOUT", "600"))
+_READY_HOSTS: set[int] = set()
+HUB_API_UP = (f"{HUB_PY} -c \"import urllib.request; "
+              "urllib.request.urlopen('http://127.0.0.1:8081/hub/api', timeout=10)\"")
+
+
+def wait_for_hub(host: Any) -> None:
+    """Wait until first boot is over and the hub answers on 127.0.0.1:8081 (bounded)."""
+    started = time.monotonic()
+    while time.monotonic() - started < READY_TIMEOUT:
+        firstboot = host.run("systemctl is-active hubkiln-firstboot.service").stdout.strip()
+        if firstboot not in ("activating", "inactive") and host.run(HUB_API_UP).rc == 0:
+            return
+        time.sleep(5)
+    pytest.fail(f"the hub did not answer within {READY_TIMEOUT:.0f}s"
+                + unit_journal(host, "hubkiln-firstboot.service")
+                + unit_journal(host, "jupyterhub.service"))
+
+
 @pytest.fixture(autouse=True)
 def _as_root(request: pytest.FixtureRequest):
-    """Every `host` test runs its guest commands as root."""
+    """Every `host` test runs its guest commands as root, once the hub is up."""
     if "host" not in request.fixturenames:
         yield
         return
-    with as_root(request.getfixturevalue("host")):
+    host = request.getfixturevalue("host")
+    with as_root(host):
+        if id(host) not in _READY_HOSTS:
+            wait_for_hub(host)
+            _READY_HOSTS.add(id(host))
         yield
 
 
@@ -114,12 +151,26 @@ class Front:
 
 @pytest.fixture(scope="session")
 def front() -> Front:
+    """The guest's front, once it serves the login page (bounded wait)."""
     port = os.environ.get("HUBKILN_TEST_HTTPS_PORT")
     if not port:
         pytest.skip("needs HUBKILN_TEST_HTTPS_PORT (the host port forwarded to the guest's 443)")
     http = os.environ.get("HUBKILN_TEST_HTTP_PORT")
-    return Front(os.environ.get("HUBKILN_TEST_ADDRESS", "127.0.0.1"), int(port),
-                 int(http) if http else None)
+    found = Front(os.environ.get("HUBKILN_TEST_ADDRESS", "127.0.0.1"), int(port),
+                  int(http) if http else None)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    started, last = time.monotonic(), ""
+    while time.monotonic() - started < READY_TIMEOUT:
+        try:
+            with urllib.request.urlopen(found.url("/hub/login"), context=context,
+                                        timeout=30) as response:
+                if response.status == 200:
+                    return found
+        except OSError as error:  # not up yet: refused, reset, 502 from the front
+            last = str(error)
+        time.sleep(5)
+    pytest.fail(f"no login page at {found.url('/hub/login')} within {READY_TIMEOUT:.0f}s: {last}")
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,9 @@ def test_no_admin_access_and_an_explicit_allow_list(config, settings):
     assert config["Authenticator.allow_all"] is False
     assert set(config["Authenticator.allowed_users"]) == set(settings["users"]) | set(
         settings["admins"])
-    assert set(config["Authenticator.admin_users"]) == set(settings["admins"])
+    roles = {r["name"]: r for r in config["JupyterHub.load_roles"]}
+    assert set(roles["admin"]["users"]) == set(settings["admins"])
+    assert not config.get("Authenticator.admin_users")
 
 
 def test_limits_come_from_the_settings(config, settings):

@@ -42,8 +42,10 @@ def test_server_unit_is_active(host, student, journal):
 
 def test_server_unit_has_the_limits(host, student, settings):
     limits = settings["limits"]
-    show = host.run(f"systemctl show -P MemoryMax,CPUQuotaPerSecUSec,TasksMax {unit_of(student)}")
-    memory, cpu, tasks = show.stdout.split("\n")[:3]
+    show = host.run(f"systemctl show -p MemoryMax -p CPUQuotaPerSecUSec -p TasksMax "
+                    f"{unit_of(student)}")
+    shown = dict(line.split("=", 1) for line in show.stdout.split())
+    memory, cpu, tasks = shown["MemoryMax"], shown["CPUQuotaPerSecUSec"], shown["TasksMax"]
     number, unit = float(limits["memory"][:-1]), limits["memory"][-1]
     assert int(memory) == int(number * SIZES[unit])
     assert microseconds(cpu) == pytest.approx(float(limits["cpu"]) * 1e6, rel=0.01)
@@ -104,3 +106,12 @@ def test_kernel_websocket_passes_the_front(student, front, tls_context):
     finally:
         student.client.request("DELETE", f"{base}/api/kernels/{kernel}",
                                headers={"X-XSRFToken": xsrf})
+
+
+def test_login_cookies_are_secure_and_http_only(student):
+    """The hub sees HTTPS through the front and the proxy (X-Forwarded-Proto)."""
+    cookies = [c for c in student.client.cookies if c.name.startswith("jupyterhub-")]
+    assert cookies, "no jupyterhub cookies after login"
+    for cookie in cookies:
+        assert cookie.secure, f"{cookie.name} is not Secure"
+        assert cookie.has_nonstandard_attr("HttpOnly"), f"{cookie.name} is not HttpOnly"

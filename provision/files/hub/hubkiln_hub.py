@@ -61,8 +61,10 @@ EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 URL = re.compile(r"https?://[^\s]+")
 SSH_KEY = re.compile(
     r"(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
-    r"@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\n]*)?"
+    r"@openssh\.com) +[A-Za-z0-9+/]+={0,3}( +[^\n\r]*)?\s*"
 )
+#: Names the hub never turns into accounts (system and hubkiln's own accounts).
+RESERVED_PREFIXES = ("hubkiln-", "systemd-")
 
 DEFAULTS: dict[str, Any] = {
     "authenticator": "firstuse",

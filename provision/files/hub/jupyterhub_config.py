@@ -38,7 +38,7 @@ c.JupyterHub.last_activity_interval = 60  # also re-adds proxy routes after a pr
 # ---- state and secrets
 c.JupyterHub.db_url = f"sqlite:///{STATE}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "/var/lib/hubkiln/secrets/jupyterhub_cookie_secret"
-c.JupyterHub.cookie_options = {"secure": True}  # only ever served over HTTPS
+# Cookies are Secure: the front sends X-Forwarded-Proto: https and the proxy keeps it.
 
 # ---- who may log in: the roster and the admins, nobody else
 auth = settings["authenticator"]
@@ -52,13 +52,13 @@ c.JupyterHub.authenticator_class = {
     "generic-oauth": "oauthenticator.generic.GenericOAuthenticator",
     "lti13": "ltiauthenticator.lti13.auth.LTI13Authenticator",
 }[auth]
-c.Authenticator.admin_users = admins
 c.Authenticator.allowed_users = roster | admins
 c.Authenticator.allow_existing_users = False  # the roster is the authority
 # native: admins approve sign-ups; lti13: the LMS decides who launches. Both let
 # everyone they accept in when no roster is given. The others never do.
 c.Authenticator.allow_all = auth in ("native", "lti13") and not roster
-c.JupyterHub.load_roles = [{"name": "admin", "users": sorted(admins)}]  # exact admin set
+# The exact admin set (admin_users would only ever add admins, never remove one).
+c.JupyterHub.load_roles = [{"name": "admin", "users": sorted(admins)}]
 if auth in ("firstuse", "native"):
     c.Authenticator.username_pattern = r"^[a-z_][a-z0-9_-]{0,31}$"
 if auth == "firstuse":
