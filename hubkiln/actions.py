@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import packer
+from . import chroot, packer
 from .errors import BuildError
 from .preflight import check_host_tools
 from .profile import PROJECT_DIR, Profile, load_profile
@@ -116,7 +116,8 @@ def test_image(profile_ref: str, *, image: str | None, accelerator: str | None) 
         path = out / manifest["files"][0]["name"]
     else:
         path = Path(image)
-    record = imagetest.validate_image(profile, path, accelerator=accelerator)
+    with chroot.sigterm_raises():  # SIGTERM powers the test VM off like Ctrl-C
+        record = imagetest.validate_image(profile, path, accelerator=accelerator)
     if image is None:
         imagetest.record_validation(out, record)
     if record["status"] != "passed":

@@ -210,17 +210,20 @@ def bake(profile: Profile, template_dir: Path, disk_image: Path, paths: BuildPat
     return packer_out / "baked.qcow2"
 
 
-def build(profile_ref: str, *, accelerator: str | None = None,
-          validate: bool = True) -> dict[str, Any]:
+def build(profile_ref: str, *, accelerator: str | None = None, validate: bool = True,
+          validation_args: list[str] | None = None) -> dict[str, Any]:
     """Build a profile's image and validate it (unless `validate` is false); return the manifest.
 
+    `validation_args` go to the pytest run of tests/image (e.g. `["-x"]`).
     SIGTERM is handled like Ctrl-C, so that Packer, qemu and chroot mounts are cleaned up.
     """
     with chroot.sigterm_raises():
-        return _build(profile_ref, accelerator=accelerator, validate=validate)
+        return _build(profile_ref, accelerator=accelerator, validate=validate,
+                      validation_args=validation_args)
 
 
-def _build(profile_ref: str, *, accelerator: str | None, validate: bool) -> dict[str, Any]:
+def _build(profile_ref: str, *, accelerator: str | None, validate: bool,
+           validation_args: list[str] | None = None) -> dict[str, Any]:
     profile = load_profile(profile_ref)
     check_host_tools(BUILD_TOOLS)
     progress = Progress()
@@ -295,7 +298,7 @@ def _build(profile_ref: str, *, accelerator: str | None, validate: bool) -> dict
         image = paths.out / manifest["files"][0]["name"]
         with progress.stage("validate", "boot the image fresh, run tests/image"):
             record = imagetest.validate_image(profile, image, accelerator=choice.name,
-                                              progress=progress)
+                                              progress=progress, pytest_args=validation_args)
             imagetest.record_validation(paths.out, record)
         manifest = artifacts.read_manifest(paths.out) or manifest
         if record["status"] != "passed":

@@ -14,6 +14,7 @@ Limits: one boot per validation; tests that need a reboot do it themselves.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import yaml
 
 from . import accel, artifacts, launch, seed
 from .errors import BuildError
-from .profile import PROJECT_DIR, Profile
+from .profile import PROJECT_DIR, Profile, parse_size
 from .progress import Progress
 from .render import output_dir
 from .vm import Vm, VmSpec, free_port
@@ -63,18 +64,44 @@ def parse_junit(xml_text: str) -> Summary:
     for suite in suites:
         for case in suite.iter("testcase"):
             name = f"{case.get('classname', '')}::{case.get('name', '')}"
-            if case.find("failure") is not None:
+            failure, error = case.find("failure"), case.find("error")
+            if failure is not None:
                 summary.failed += 1
-                failures.append(name)
-            elif case.find("error") is not None:
+                failures.append(describe_failure(name, failure))
+            elif error is not None:
                 summary.errors += 1
-                failures.append(name)
+                failures.append(describe_failure(name, error))
             elif case.find("skipped") is not None:
                 summary.skipped += 1
             else:
                 summary.passed += 1
     summary.failures = tuple(failures)
     return summary
+
+
+def describe_failure(name: str, element: ET.Element) -> str:
+    """`test id: first line of the failure message` (the message says what broke)."""
+    message = (element.get("message") or element.text or "").strip().splitlines()
+    first = message[0] if message else element.tag
+    return f"{name}: {first[:300]}"
+
+
+def read_reports(folder: Path) -> dict[str, Any]:
+    """The JSON summaries tests left in HUBKILN_TEST_REPORTS (e.g. Lynis, pip-audit)."""
+    reports: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            reports[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            reports[path.stem] = {"error": f"unreadable report: {error}"}
+    return reports
+
+
+def validation_memory_mib(profile: Profile) -> int:
+    """Guest memory for validation: one student's limit plus room for the hub and another
+    student, so that a student past the limit meets the cgroup limit, not the guest's."""
+    limit_mib = parse_size(profile["hub"]["limits"]["memory"]) >> 20
+    return max(2048, limit_mib + 1536)
 
 
 def validation_launch_document(public_key: str) -> dict[str, Any]:
@@ -93,7 +120,8 @@ def pytest_command(junit: Path, ssh_port: int, key: Path, ssh_config: Path,
     return [
         sys.executable, "-m", "pytest", str(IMAGE_TESTS), "-p", "no:cacheprovider",
         f"--hosts=ssh://{TEST_ADMIN}@127.0.0.1:{ssh_port}", f"--ssh-config={ssh_config}",
-        f"--ssh-identity-file={key}", f"--junitxml={junit}", "-ra", *(extra or []),
+        f"--ssh-identity-file={key}", f"--junitxml={junit}", "-ra", "--durations=15",
+        *(extra or []),
     ]
 
 
@@ -128,8 +156,13 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
         ssh_config = work / "ssh_config"
         ssh_config.write_text(render_ssh_config())
         ports = {22: free_port(), 80: free_port(), 443: free_port()}
+        # restrict=on: the guest has no way out, as on an offline lab network; the
+        # image must serve the hub with only the forwarded ports.
         spec = VmSpec(image=image, seed_iso=iso, serial_log=logs / "validate-serial.log",
-                      accelerator=choice.name, forwards=ports)
+                      accelerator=choice.name, forwards=ports, restrict_network=True,
+                      memory_mib=validation_memory_mib(profile))
+        reports = work / "reports"
+        reports.mkdir()
         junit = work / "junit.xml"
         with Vm(spec) as vm:
             waited = vm.wait_for_ssh(TEST_ADMIN, key, timeout=boot_timeout)
@@ -144,6 +177,8 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
                 "HUBKILN_TEST_KEY": str(key),
                 "HUBKILN_TEST_ADMIN": TEST_ADMIN,
                 "HUBKILN_TEST_STUDENTS": " ".join(TEST_STUDENTS),
+                "HUBKILN_TEST_REPORTS": str(reports),
+                "HUBKILN_TEST_ARTIFACTS": str(logs),
             }
             with open(logs / "validate.log", "w", encoding="utf-8") as log:
                 result = subprocess.run(
@@ -152,6 +187,7 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
                 )
             vm.ssh(TEST_ADMIN, key, "sudo -n systemctl poweroff", check=False, timeout=30)
         summary = parse_junit(junit.read_text()) if junit.exists() else Summary(errors=1)
+        found_reports = read_reports(reports)
     ok = summary.ok and result.returncode == 0
     return {
         "status": "passed" if ok else "failed",
@@ -163,6 +199,7 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
         "failed": summary.failed + summary.errors,
         "skipped": summary.skipped,
         "failures": list(summary.failures),
+        "reports": found_reports,
         "log": "logs/validate.log",
     }
 

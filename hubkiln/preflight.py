@@ -42,6 +42,7 @@ HOST_PACKAGES: dict[str, str] = {
     "ssh-keygen": "openssh-client",
     "ssh": "openssh-client",
     "shellcheck": "shellcheck",
+    "chromium": "chromium",  # the validation's browser test (tests/image/test_browser.py)
 }
 
 #: Where Debian puts admin tools (sgdisk, mkfs.*) that a user's PATH may lack.

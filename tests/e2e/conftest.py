@@ -28,12 +28,10 @@ def e2e_profile():
 
 @pytest.fixture(scope="session")
 def built(e2e_profile):
-    """The manifest of a fresh build of the e2e profile (caches may be warm).
-
-    The image tests (tests/image, run by `invoke test`) are not part of this build
-    yet: under TCG they are not reliable enough to gate CI (issue 4 tracks it).
-    """
-    return build(E2E_PROFILE, validate=False)
+    """The manifest of a fresh build of the e2e profile (caches may be warm), validated:
+    `invoke build` boots the image and runs tests/image as its last stage, and raises
+    when the image fails them."""
+    return build(E2E_PROFILE)
 
 
 @pytest.fixture(scope="session")

@@ -13,24 +13,39 @@ from hubkiln.imagetest import FAILED_MARKER
 from hubkiln.profile import load_profile
 from hubkiln.render import output_dir
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.e2e,
-    pytest.mark.skip(reason="needs the image tests (tests/image) to pass on a good image "
-                     "first; issue 4 enables it"),
-]
+pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 
 BROKEN = Path(__file__).parent / "fixtures" / "broken-hub.yaml"
 
 
-def test_broken_hub_setting_fails_the_build_at_validation():
+@pytest.fixture(scope="module")
+def broken(built):
+    """(error, manifest, output folder) of building the broken profile.
+
+    The good image passed validation first (`built`). Only the student-server
+    tests run here (`-k`), stopping at the first failure (`-x`): the point is the
+    build's verdict and its message, not the whole suite a second time.
+    """
+    assert built["validation"]["status"] == "passed"
     with pytest.raises(BuildError) as info:
-        build(str(BROKEN))
-    message = str(info.value)
+        build(str(BROKEN), validation_args=["-x", "-k", "test_student_server"])
+    out = output_dir(load_profile(BROKEN))
+    return info.value, artifacts.read_manifest(out), out
+
+
+def test_broken_hub_setting_fails_the_build_at_validation(broken):
+    error, manifest, out = broken
+    message = str(error)
     assert "failed validation" in message
     assert "test_student_server" in message, message
-    out = output_dir(load_profile(BROKEN))
-    manifest = artifacts.read_manifest(out)
+    assert "failed to start" in message, message
     assert manifest["validation"]["status"] == "failed"
-    assert manifest["validation"]["failures"]
+    assert any("test_student_server" in f for f in manifest["validation"]["failures"])
     assert (out / FAILED_MARKER).exists()
+
+
+def test_the_broken_build_reused_the_cached_layers(broken):
+    """Only a hub setting differs from ci: the OS and environment layers are shared."""
+    _, manifest, _ = broken
+    assert manifest["cache"] == {"rootfs": "hit", "envs": "hit"}
+    assert manifest["timings_seconds"]["rootfs"] == 0.0

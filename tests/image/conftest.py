@@ -14,12 +14,15 @@ feature skips the tests of that feature, with the reason.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.cookiejar
 import json
 import os
 import re
+import socket
 import ssl
+import struct
 import time
 import urllib.error
 import urllib.parse
@@ -36,9 +39,21 @@ HUB_PY = "/opt/hubkiln/hub/bin/python"
 DEFAULT_PASSWORD = "hubkiln-test-password-1"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "disruptive: hurts the guest on purpose; runs last")
+    config.addinivalue_line("markers", "reboot: reboots the guest; runs after everything")
+
+
+def run_order(item: pytest.Item) -> int:
+    """Plain checks first, then faults (each cleans up), then the reboot."""
+    return 2 if item.get_closest_marker("reboot") else (
+        1 if item.get_closest_marker("disruptive") else 0)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = os.path.dirname(__file__)
     has_hosts = bool(config.getoption("hosts", None))
+    items.sort(key=run_order)  # stable: file order within each group
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if not str(item.fspath).startswith(here) or not {"host", "front"} & set(fixtures):
@@ -206,7 +221,7 @@ class HubClient:
 
     def request(self, method: str, path: str, *, form: dict[str, str] | None = None,
                 body: bytes | None = None, headers: dict[str, str] | None = None,
-                ) -> tuple[int, dict[str, str], str]:
+                timeout: float | None = None) -> tuple[int, dict[str, str], str]:
         """One request, no redirect followed: (status, headers, text)."""
         url = path if path.startswith("https://") else self.front.url(path)
         data = urllib.parse.urlencode(form).encode() if form is not None else body
@@ -215,17 +230,18 @@ class HubClient:
                                                   "Referer": self.front.url("/hub/"),
                                                   **(headers or {})})
         try:
-            with self.opener.open(request, timeout=self.timeout) as response:
+            with self.opener.open(request, timeout=timeout or self.timeout) as response:
                 return response.status, dict(response.headers), response.read().decode(
                     errors="replace")
         except urllib.error.HTTPError as error:
             return error.code, dict(error.headers), error.read().decode(errors="replace")
 
     def get(self, path: str, *, follow: bool = True, headers: dict[str, str] | None = None,
-            ) -> tuple[int, dict[str, str], str, str]:
+            timeout: float | None = None) -> tuple[int, dict[str, str], str, str]:
         """GET, following same-site redirects: (status, headers, text, final path)."""
         for _ in range(15):
-            status, response_headers, text = self.request("GET", path, headers=headers)
+            status, response_headers, text = self.request("GET", path, headers=headers,
+                                                          timeout=timeout)
             location = response_headers.get("Location")
             if not follow or status not in (301, 302, 303, 307, 308) or not location:
                 return status, response_headers, text, path
@@ -273,13 +289,21 @@ def login_and_spawn(client: HubClient, name: str, password: str,
     started = time.monotonic()
     client.get(location if location.startswith("/") else "/hub/")  # starts the spawn
     api = {"X-XSRFToken": client.cookie("_xsrf", "/hub") or ""}
+    attempts, idle_since = 1, time.monotonic()
     while True:
         status, _, text = client.request("GET", f"/hub/api/users/{name}", headers=api)
         model = json.loads(text) if status == 200 else {}
         server = (model.get("servers") or {}).get("", {})
         if server.get("ready"):
             return StudentSession(name, client, location, time.monotonic() - started)
-        if not model.get("pending") and time.monotonic() - started > 30 and not server:
+        if model.get("pending") or server:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > 30:
+            # Neither starting nor running: the spawn failed. One retry, then give up.
+            assert attempts < 2, (f"{name}'s server failed to start twice "
+                                  f"(neither pending nor running): {text[:500]}")
+            attempts += 1
+            idle_since = time.monotonic()
             client.request("POST", f"/hub/api/users/{name}/server", headers=api)
         assert time.monotonic() - started < timeout, f"{name}'s server not ready: {text[:500]}"
         time.sleep(3)
@@ -308,3 +332,218 @@ def student(host: Any, settings: dict[str, Any], hub_client, student_password: s
                 raise AssertionError(f"{error}{unit_journal(host, 'jupyterhub.service', 80)}"
                                      ) from None
     return _student_sessions[name]
+
+
+class WebSocket:
+    """A minimal RFC 6455 client over TLS (text frames, ping/pong, close): enough for a kernel."""
+
+    def __init__(self, front: Front, context: ssl.SSLContext, path: str, cookies: str,
+                 timeout: float = 60):
+        key = base64.b64encode(os.urandom(16)).decode()
+        raw = socket.create_connection((front.address, front.https_port), timeout=timeout)
+        self.sock = context.wrap_socket(raw, server_hostname=None)
+        self.sock.sendall((
+            f"GET {path} HTTP/1.1\r\nHost: {front.address}:{front.https_port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nOrigin: https://{front.address}:{front.https_port}\r\n"
+            f"Cookie: {cookies}\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                break
+            head += chunk
+        status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        if " 101 " not in f"{status} ":
+            self.sock.close()
+            raise AssertionError(f"websocket upgrade refused: {head[:300]!r}")
+
+    def _read_exact(self, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("websocket closed by the server")
+            data += chunk
+        return data
+
+    def send_text(self, text: str, opcode: int = 1) -> None:
+        payload = text.encode()
+        mask = os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            head = bytes([0x80 | opcode, 0x80 | length])
+        elif length < 1 << 16:
+            head = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack("!H", length)
+        else:
+            head = bytes([0x80 | opcode, 0x80 | 127]) + struct.pack("!Q", length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(head + mask + masked)
+
+    def receive_text(self) -> str:
+        """The next complete text (or binary) message; answers pings on the way."""
+        message = b""
+        while True:
+            first, second = self._read_exact(2)
+            opcode, length = first & 0x0F, second & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self._read_exact(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self._read_exact(8))[0]
+            mask = self._read_exact(4) if second & 0x80 else b""
+            payload = self._read_exact(length)
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            if opcode == 8:
+                raise ConnectionError(f"websocket closed by the server: {payload[2:]!r}")
+            if opcode == 9:
+                self.send_text(payload.decode(errors="replace"), opcode=10)
+                continue
+            if opcode == 10:
+                continue
+            message += payload
+            if first & 0x80:
+                return message.decode(errors="replace")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+@dataclass
+class Execution:
+    """What a cell printed, and the error it raised, if any."""
+
+    stdout: str
+    error: str | None
+
+
+class Kernel:
+    """A kernel of a student's server, driven over its websocket as JupyterLab does."""
+
+    def __init__(self, student: StudentSession, front: Front, context: ssl.SSLContext,
+                 kernel_name: str | None = None):
+        self.student, self.base = student, f"/user/{student.name}"
+        student.client.get(f"{self.base}/lab")  # sets the server's _xsrf cookie
+        self.xsrf = student.client.cookie("_xsrf", self.base) or ""
+        body = json.dumps({"name": kernel_name} if kernel_name else {}).encode()
+        status, _, text = student.client.request(
+            "POST", f"{self.base}/api/kernels", body=body,
+            headers={"X-XSRFToken": self.xsrf, "Content-Type": "application/json"})
+        assert status == 201, f"starting a kernel: HTTP {status}: {text[:300]}"
+        self.model = json.loads(text)
+        cookies = "; ".join(f"{c.name}={c.value}" for c in student.client.cookies
+                            if self.base.startswith(c.path.rstrip("/")) or c.path == "/")
+        self.session = os.urandom(8).hex()
+        self.ws = WebSocket(front, context, f"{self.base}/api/kernels/{self.model['id']}"
+                            f"/channels?session_id={self.session}&_xsrf={self.xsrf}", cookies)
+
+    def send(self, code: str) -> str:
+        """Send `code` as a cell without waiting; return the request's msg_id."""
+        msg_id = os.urandom(8).hex()
+        self.ws.send_text(json.dumps({
+            "header": {"msg_id": msg_id, "username": self.student.name,
+                       "session": self.session, "msg_type": "execute_request",
+                       "version": "5.3", "date": ""},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+        }))
+        return msg_id
+
+    def execute(self, code: str, timeout: float = 300) -> Execution:
+        """Run `code` as a cell; collect stdout and the error until the kernel is idle."""
+        msg_id = self.send(code)
+        stdout, error, replied, idle = [], None, False, False
+        deadline = time.monotonic() + timeout
+        self.ws.sock.settimeout(timeout)
+        while not (replied and idle):
+            assert time.monotonic() < deadline, f"the cell did not finish within {timeout:.0f}s"
+            message = json.loads(self.ws.receive_text())
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = message["msg_type"], message["content"]
+            if kind == "stream" and content.get("name") == "stdout":
+                stdout.append(content["text"])
+            elif kind == "error":
+                error = f"{content['ename']}: {content['evalue']}"
+            elif kind == "execute_reply":
+                replied = True
+                if content.get("status") == "error" and error is None:
+                    error = f"{content.get('ename')}: {content.get('evalue')}"
+            elif kind == "status" and content.get("execution_state") == "idle":
+                idle = True
+        return Execution("".join(stdout), error)
+
+    def shutdown(self) -> None:
+        self.ws.close()
+        self.student.client.request("DELETE", f"{self.base}/api/kernels/{self.model['id']}",
+                                    headers={"X-XSRFToken": self.xsrf})
+
+
+@pytest.fixture(scope="module")
+def kernel(student: StudentSession, front: Front, tls_context: ssl.SSLContext):
+    """A kernel of the first student's server (the image's default kernel)."""
+    started = Kernel(student, front, tls_context)
+    yield started
+    started.shutdown()
+
+
+@pytest.fixture(scope="session")
+def open_kernel(front: Front, tls_context: ssl.SSLContext):
+    """open_kernel(student) -> a new Kernel of that student's server (shut it down after)."""
+    return lambda session: Kernel(session, front, tls_context)
+
+
+@pytest.fixture(scope="module")
+def log_in(host: Any, hub_client, student_password: str,
+           _student_sessions: dict[str, StudentSession]):
+    """log_in(name) -> that roster student's session, logged in with a running server."""
+    def logged_in(name: str) -> StudentSession:
+        if name not in _student_sessions:
+            try:
+                _student_sessions[name] = login_and_spawn(hub_client(), name, student_password)
+            except AssertionError as error:
+                with as_root(host):
+                    raise AssertionError(
+                        f"{error}{unit_journal(host, 'jupyterhub.service', 80)}") from None
+        return _student_sessions[name]
+    return logged_in
+
+
+def post_login(client: HubClient, name: str, password: str,
+               ) -> tuple[int, dict[str, str], str]:
+    """Fill in and send the login form as a browser does: (status, headers, text)."""
+    status, _, page, _ = client.get("/hub/login")
+    assert status == 200, f"login page: HTTP {status}"
+    xsrf = XSRF_FIELD.search(page)
+    assert xsrf, "the login form has no _xsrf field"
+    return client.request("POST", "/hub/login", form={
+        "_xsrf": xsrf.group(1), "username": name, "password": password})
+
+
+def form_login(client: HubClient, name: str, password: str) -> str:
+    """Log `client` in through the login form; return where the hub sends it."""
+    status, headers, text = post_login(client, name, password)
+    assert status == 302, f"{name}'s login was refused (HTTP {status}): {text[:300]}"
+    return headers.get("Location", "")
+
+
+@pytest.fixture(scope="session")
+def login_form():
+    """login_form(client, name, password) -> (status, headers, text) of the form's POST."""
+    return post_login
+
+
+@pytest.fixture(scope="module")
+def admin_client(launch: dict[str, Any], settings: dict[str, Any], hub_client,
+                 student_password: str) -> tuple[str, HubClient]:
+    """(name, client) of the first launch admin, logged in through the form."""
+    admins = list(launch.get("admins") or [])
+    if not admins:
+        pytest.skip("no admin in the launch settings")
+    if settings["authenticator"] != "firstuse":
+        pytest.skip("the form login is tested with firstuse")
+    client = hub_client()
+    form_login(client, admins[0], student_password)
+    return admins[0], client

@@ -21,9 +21,11 @@ print(json.dumps({f"{s}.{k}": plain(v) for s, sec in c.items() if hasattr(sec, "
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def config(host):
-    result = host.run(f"{HUB_PY} -c %s", LOAD)
+    """Loaded once per module: a Python start in the guest takes seconds under TCG."""
+    with host.sudo():  # the launch drop-in (hub.d/50-launch.yaml) is root-only
+        result = host.run(f"{HUB_PY} -c %s", LOAD)
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import time
 import urllib.parse
 
 import pytest
@@ -72,7 +73,12 @@ def test_only_the_home_is_writable(host, student):
 
 
 def test_server_answers_through_the_front(student):
-    status, _, text, path = student.client.get(f"/user/{student.name}/api/status")
+    deadline = time.monotonic() + 180  # a server that just started can be slow under TCG
+    while True:
+        status, _, text, path = student.client.get(f"/user/{student.name}/api/status")
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(5)
     assert status == 200, f"HTTP {status} at {path}: {text[:300]}"
     assert "started" in json.loads(text)
 

@@ -9,9 +9,12 @@ from hubkiln.imagetest import (
     FAILED_MARKER,
     parse_junit,
     pytest_command,
+    read_reports,
     record_validation,
     validation_launch_document,
+    validation_memory_mib,
 )
+from hubkiln.profile import load_profile
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="4">
@@ -26,8 +29,8 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 def test_junit_counts_and_names_failures():
     summary = parse_junit(JUNIT)
     assert (summary.passed, summary.failed, summary.skipped, summary.errors) == (1, 1, 1, 1)
-    assert summary.failures == ("tests.image.test_services::test_active[caddy]",
-                                "tests.image.test_x::test_y")
+    assert summary.failures == ("tests.image.test_services::test_active[caddy]: inactive",
+                                "tests.image.test_x::test_y: boom")
     assert not summary.ok
 
 
@@ -55,3 +58,21 @@ def test_failed_validation_is_recorded_and_marked(tmp_path):
     assert "t::a" in (tmp_path / FAILED_MARKER).read_text()
     record_validation(tmp_path, {**record, "status": "passed", "failures": []})
     assert not (tmp_path / FAILED_MARKER).exists()
+
+
+def test_failure_without_a_message_names_its_kind():
+    summary = parse_junit('<testsuite><testcase classname="c" name="n"><error/></testcase>'
+                          '</testsuite>')
+    assert summary.failures == ("c::n: error",)
+
+
+def test_reports_are_collected_and_a_bad_one_is_named(tmp_path):
+    (tmp_path / "lynis.json").write_text('{"hardening_index": 84}')
+    (tmp_path / "broken.json").write_text("{not json")
+    reports = read_reports(tmp_path)
+    assert reports["lynis"] == {"hardening_index": 84}
+    assert "unreadable report" in reports["broken"]["error"]
+
+
+def test_validation_guest_has_room_beyond_one_students_memory_limit():
+    assert validation_memory_mib(load_profile("ci")) == 2048 + 1536

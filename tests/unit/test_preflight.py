@@ -109,6 +109,7 @@ def test_package_table_matches_debian_12():
         "ssh-keygen": "openssh-client",
         "ssh": "openssh-client",
         "shellcheck": "shellcheck",
+        "chromium": "chromium",
     }
 
 

@@ -139,6 +139,9 @@ c.SystemdSpawner.unit_extra_properties = {
     "ProtectKernelModules": "yes",
     "ProtectControlGroups": "yes",
     "RestrictSUIDSGID": "yes",
+    # A kernel past the memory limit is killed by the kernel's OOM killer; the
+    # student's server goes on (JupyterLab offers to restart the kernel).
+    "OOMPolicy": "continue",
 }
 
 # ---- idle culling: a hub service with just the permissions it needs

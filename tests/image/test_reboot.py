@@ -1,0 +1,78 @@
+"""After a reboot, everything persists: services, firewall, sysctls, users, secrets and
+students' files; no per-instance secret is made again; the student can log in.
+
+Marked `reboot`: conftest runs it after every other image test.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.reboot
+
+SERVICES = ("jupyterhub.service", "jupyterhub-proxy.service", "hubkiln-front.service")
+SECRET = "/var/lib/hubkiln/secrets/jupyterhub_cookie_secret"
+#: What must read the same before and after: command -> what it shows.
+STATE = {
+    "sysctl": "sysctl -a 2>/dev/null | grep -E '^(net|kernel\\.(yama|randomize|kptr|sysrq)"
+              "|fs\\.(suid|protected))' | sort",
+    "firewall": "nft list ruleset 2>/dev/null | grep -v '^\\s*#' || true",
+    "users": "getent passwd | cut -d: -f1,3,6,7 | sort",
+    "groups": "getent group hubkiln-students hubkiln-admins",
+    "secrets": f"sha256sum {SECRET} /var/lib/hubkiln/secrets/* | sort",
+    "ssh host keys": "sha256sum /etc/ssh/ssh_host_*_key.pub",
+    "machine-id": "cat /etc/machine-id",
+    "launch": "sha256sum /etc/hubkiln/hub.d/* /etc/hubkiln/launch.yaml",
+}
+
+
+def boot_id(host) -> str | None:
+    try:
+        result = host.run("cat /proc/sys/kernel/random/boot_id")
+    except Exception:  # the SSH connection drops while the guest goes down
+        return None
+    return result.stdout.strip() if result.rc == 0 else None
+
+
+def test_everything_persists_across_a_reboot(host, student, journal, login_form, hub_client,
+                                             student_password):
+    home = host.user(student.name).home
+    note = f"{home}/before-reboot.txt"
+    host.run(f"install -o {student.name} -m 0600 /dev/null {note}")
+    host.run(f"echo kept > {note}")
+    before = {name: host.run(command).stdout for name, command in STATE.items()}
+    first_boot = boot_id(host)
+    host.run("systemd-run --on-active=2 --unit=hubkiln-test-reboot systemctl reboot")
+    deadline = time.monotonic() + 900
+    while boot_id(host) in (first_boot, None):
+        assert time.monotonic() < deadline, "the guest did not come back within 900 s"
+        time.sleep(10)
+    while host.run("systemctl is-system-running --wait").stdout.strip() not in (
+            "running", "degraded"):
+        assert time.monotonic() < deadline, "the guest did not finish booting"
+        time.sleep(5)
+    for service in SERVICES:
+        state = host.run(f"systemctl is-active {service}").stdout.strip()
+        assert state == "active", f"{service} is {state} after the reboot" + journal(service)
+    after = {name: host.run(command).stdout for name, command in STATE.items()}
+    changed = [name for name in STATE if before[name] != after[name]]
+    assert not changed, f"changed by the reboot: {changed}"
+    # hubkiln-firstboot runs at every boot and changes only what is missing: the
+    # secrets compared above are the first boot's.
+    result = host.run("systemctl show -P Result hubkiln-firstboot.service").stdout.strip()
+    assert result == "success", journal("hubkiln-firstboot.service")
+    file = host.file(note)
+    assert (file.content_string.strip(), file.user) == ("kept", student.name)
+
+    client = hub_client()
+    deadline = time.monotonic() + 600
+    while True:  # the hub may still be starting behind the front
+        status, _, text = login_form(client, student.name, student_password)
+        if status == 302 or time.monotonic() > deadline:
+            break
+        time.sleep(10)
+    assert status == 302, f"{student.name} cannot log in after the reboot: HTTP {status}"
+    status, _, _, _ = client.get(f"/user/{student.name}/api/contents/before-reboot.txt")
+    assert status in (200, 302, 303), f"HTTP {status}"
