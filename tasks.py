@@ -136,3 +136,28 @@ def launch(c, profile="optimization", config=None, https_port=0, ssh_port=0, acc
     """Boot the profile's built image locally with launch settings; Ctrl-C stops it."""
     actions.launch(profile, config=config, https_port=https_port, ssh_port=ssh_port,
                    accelerator=accel, timeout=timeout)
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "to": "Where: `libvirt` (imports and defines a domain here), or `proxmox`, `openstack`, "
+        "`aws`, `gcp`, `azure` (prints the commands, runs none).",
+        "pool": "libvirt storage pool (default: `default`, created if missing).",
+        "name": "libvirt domain name (default: the image's name).",
+        "firmware": "libvirt firmware: `bios` (default) or `uefi`.",
+        "network": "libvirt network (default: `default` if active, else user-mode networking).",
+        "image": "A .qcow2 to publish instead of the profile's last build (libvirt only).",
+        "accel": "qemu accelerator for the domain type: `kvm`, `tcg` or `auto` (default).",
+    },
+)
+@reports_errors
+def publish(c, profile="optimization", to=None, pool="default", name=None, firmware="bios",
+            network=None, image=None, accel=None):
+    """Publish the built image: into a local libvirt, or print a cloud's exact commands."""
+    from hubkiln import publish as publish_module
+
+    for line in publish_module.publish(profile, to=to or "", pool=pool, name=name,
+                                       firmware=firmware, network=network, image=image,
+                                       accelerator=accel):
+        print(line)

@@ -16,11 +16,23 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, accel, artifacts, chroot, disk, imagetest, packer, rootfs, seed
+from . import (
+    __version__,
+    accel,
+    artifacts,
+    chroot,
+    disk,
+    formats,
+    imagetest,
+    packer,
+    rootfs,
+    seed,
+)
 from .errors import BuildError
 from .preflight import check_host_tools
 from .proc import run
@@ -290,9 +302,9 @@ def _build(profile_ref: str, *, accelerator: str | None, validate: bool,
         baked = bake(profile, template_dir, assembled, paths, choice.name, progress)
         assembled.unlink()
 
-    with progress.stage("outputs", "compress, checksum, manifest"):
+    with progress.stage("outputs", "formats, checks, checksums, manifest"):
         manifest = publish_outputs(profile, baked, paths, started, progress.timings, inventory,
-                                   release, kernel, cache)
+                                   release, kernel, cache, progress)
     remove_tree(paths.work, paths.logs / "build.log")
     if validate:
         image = paths.out / manifest["files"][0]["name"]
@@ -311,17 +323,37 @@ def _build(profile_ref: str, *, accelerator: str | None, validate: bool,
 def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: dt.datetime,
                     timings: dict[str, float], inventory: dict[str, Any],
                     release: dict[str, str], kernel: str,
-                    cache: dict[str, str]) -> dict[str, Any]:
-    """Compress the baked image and write it, SHA256SUMS and manifest.json into output/."""
+                    cache: dict[str, str], progress: Progress | None = None) -> dict[str, Any]:
+    """Write every format of `outputs.formats` (qcow2 always, first), each checked, with
+    SHA256SUMS and manifest.json into output/, all at once (see artifacts.publish)."""
     stem = artifacts.image_stem(profile.name, profile["version"], started.strftime("%Y%m%d"))
+    virtual_bytes = parse_size(profile["base"]["disk_size"])
+    log = paths.logs / "outputs.log"
+    resources = formats.vm_resources(profile["hub"]["limits"])
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.out))
+    files: list[dict[str, Any]] = []
+    format_timings: dict[str, float] = {}
     try:
-        image = staging / f"{stem}.qcow2"
-        disk.convert_image(baked, image, fmt="qcow2", compress=True, src_fmt="qcow2",
-                           log=paths.logs / "outputs.log")
-        check_image(image, parse_size(profile["base"]["disk_size"]))
-        checksums = {image.name: artifacts.sha256_file(image)}
-        (staging / artifacts.SUMS).write_text(artifacts.render_sums(checksums))
+        for fmt in formats.ordered_formats(profile["outputs"]["formats"]):
+            began = time.monotonic()
+            if progress:
+                progress.detail(f"{fmt}: for {formats.FORMATS[fmt]}")
+            image = formats.write_format(
+                fmt, baked, staging / formats.artifact_name(stem, fmt),
+                virtual_bytes=virtual_bytes, work=paths.work / f"format-{fmt}", log=log,
+                name=stem, os_id=profile["base"]["os"], resources=resources,
+                detail=progress.detail if progress else lambda _: None)
+            files.append({"name": image.name, "format": fmt,
+                          "sha256": artifacts.sha256_file(image),
+                          "bytes": image.stat().st_size,
+                          "virtual_bytes": formats.aligned_size(virtual_bytes)
+                          if fmt == "vhd" else virtual_bytes})
+            format_timings[f"format:{fmt}"] = round(time.monotonic() - began, 1)
+            if progress:
+                progress.detail(f"{fmt}: {image.name}, {image.stat().st_size / 1e6:.0f} MB, "
+                                f"checked, {format_timings[f'format:{fmt}']} s")
+        (staging / artifacts.SUMS).write_text(
+            artifacts.render_sums({f["name"]: f["sha256"] for f in files}))
         manifest = {
             "profile": profile.name,
             "description": profile["description"],
@@ -329,10 +361,9 @@ def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: d
             "built_at": started.isoformat(timespec="seconds"),
             "os": {"id": profile["base"]["os"], "pretty_name": release.get("PRETTY_NAME", ""),
                    "kernel": kernel},
-            "files": [{"name": image.name, "format": "qcow2", "sha256": checksums[image.name],
-                       "bytes": image.stat().st_size,
-                       "virtual_bytes": image_info(image)["virtual-size"]}],
-            "timings_seconds": dict(timings),
+            "files": files,
+            "vm": {"cpus": resources.cpus, "memory_mib": resources.memory_mib},
+            "timings_seconds": {**timings, **format_timings},
             "cache": cache,
             "packages": inventory,
             "validation": {"status": "not-run"},
@@ -349,14 +380,11 @@ def image_info(image: Path) -> dict[str, Any]:
     return json.loads(run(["qemu-img", "info", "--output=json", str(image)]))
 
 
-def check_image(image: Path, virtual_bytes: int) -> None:
-    """Fail unless `image` passes `qemu-img check` and has the profile's disk size."""
-    run(["qemu-img", "check", str(image)], hint="the image is corrupt: rebuild it")
-    found = image_info(image)["virtual-size"]
-    if found != virtual_bytes:
-        raise BuildError(f"{image.name} has a virtual size of {found} bytes, expected "
-                         f"{virtual_bytes} (base.disk_size)", hint="this is a hubkiln bug: "
-                         "report it with output/<profile>/logs/")
+def check_image(image: Path, virtual_bytes: int, fmt: str = "qcow2") -> None:
+    """Fail unless `image`, an artifact of `fmt`, passes its format check (formats.py) and
+    holds a disk of the profile's size."""
+    formats.check_artifact(fmt, image, virtual_bytes=virtual_bytes,
+                           log=Path(os.devnull))
 
 
 def check_image_ready(image: Path) -> None:

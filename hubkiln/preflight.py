@@ -43,6 +43,8 @@ HOST_PACKAGES: dict[str, str] = {
     "ssh": "openssh-client",
     "shellcheck": "shellcheck",
     "chromium": "chromium",  # the validation's browser test (tests/image/test_browser.py)
+    "virsh": "libvirt-clients",  # invoke publish --to libvirt
+    "libvirtd": "libvirt-daemon-system",
 }
 
 #: Where Debian puts admin tools (sgdisk, mkfs.*) that a user's PATH may lack.

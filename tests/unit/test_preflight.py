@@ -110,6 +110,8 @@ def test_package_table_matches_debian_12():
         "ssh": "openssh-client",
         "shellcheck": "shellcheck",
         "chromium": "chromium",
+        "virsh": "libvirt-clients",
+        "libvirtd": "libvirt-daemon-system",
     }
 
 
