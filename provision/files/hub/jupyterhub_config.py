@@ -120,8 +120,11 @@ c.Spawner.disable_user_config = True
 c.Spawner.ip = "127.0.0.1"
 c.Spawner.mem_limit = limits["memory"]
 c.Spawner.cpu_limit = float(limits["cpu"])
-c.Spawner.start_timeout = 120  # small VMs are slow to import JupyterLab the first time
-c.Spawner.http_timeout = 120
+# A student's first start imports JupyterLab from a cold page cache: seconds on
+# KVM, but minutes on an emulated (TCG) or overcommitted VM. A slow start that
+# succeeds beats one killed at the deadline, so be generous.
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 300
 c.SystemdSpawner.dynamic_users = False
 c.SystemdSpawner.username_template = "{USERNAME}"
 c.SystemdSpawner.unit_name_template = "jupyter-{USERNAME}-singleuser"
