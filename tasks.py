@@ -128,14 +128,17 @@ def seed(c, config=None, output=None, user_data=None, profile=None):
         "ssh_port": "Port on 127.0.0.1 for SSH to the VM (default: a free one).",
         "accel": "qemu accelerator: `kvm`, `tcg` or `auto` (default: detect; env HUBKILN_ACCEL).",
         "timeout": "Seconds to wait for the login page to answer.",
+        "data_disk": "qcow2 file for /home (made blank, 10 GiB, when missing); it outlives "
+        "the VM: launch the next image with the same file to keep the students' work "
+        "(docs/new-term.md).",
     },
 )
 @reports_errors
 def launch(c, profile="optimization", config=None, https_port=0, ssh_port=0, accel=None,
-           timeout=900):
+           timeout=900, data_disk=None):
     """Boot the profile's built image locally with launch settings; Ctrl-C stops it."""
     actions.launch(profile, config=config, https_port=https_port, ssh_port=ssh_port,
-                   accelerator=accel, timeout=timeout)
+                   accelerator=accel, timeout=timeout, data_disk=data_disk)
 
 
 @task(

@@ -159,15 +159,13 @@ def seed(config: str | None, *, iso: str | None, user_data: str | None,
 
 
 def launch(profile_ref: str, *, config: str | None, https_port: int, ssh_port: int,
-           accelerator: str | None, timeout: float) -> None:
+           accelerator: str | None, timeout: float, data_disk: str | None = None) -> None:
     """Boot the profile's built image locally with launch settings; run until Ctrl-C."""
     from . import launch as launch_module
 
-    profile = load_profile(profile_ref)
-    settings = launch_module.load_launch(config) if config else None
-    launch_module.boot_locally(profile, profile_ref, settings, https_port=https_port or None,
-                               ssh_port=ssh_port or None, accelerator=accelerator,
-                               timeout=timeout)
+    launch_module.launch_profile(profile_ref, config=config, https_port=https_port,
+                                 ssh_port=ssh_port, accelerator=accelerator, timeout=timeout,
+                                 data_disk=data_disk)
 
 
 def update_launch_docs() -> bool:

@@ -9,7 +9,7 @@ result is a normalised document (every key present, TLS files read in) that
 user, and one file, `/etc/hubkiln/launch.yaml` (root, 0600), which the image's
 first-boot service reads. The same user-data works as a NoCloud seed ISO
 (`write_seed`) and as cloud user data. `boot_locally` boots a built image with
-such a seed for a local try (`invoke launch`).
+such a seed for a local try (`invoke launch`), optionally with a data disk for /home.
 
 Limits: names are checked against a list of well-known system users and
 groups, not against the image's own /etc/passwd (the image must still refuse
@@ -25,6 +25,7 @@ import base64
 import binascii
 import contextlib
 import copy
+import json
 import os
 import shutil
 import signal
@@ -902,9 +903,13 @@ def boot_locally(
     timeout: float = 900,
     say: Callable[[str], None] = print,
     output_root: Path | None = None,
+    data_disk: Path | None = None,
 ) -> None:
     """Boot the profile's built image with `launch` (or the demo), wait for the login page,
-    print how to use it, and run until Ctrl-C; the VM is always stopped."""
+    print how to use it, and run until Ctrl-C; the VM is always stopped.
+
+    With `data_disk` (a qcow2 file, made blank when missing) /home lives on that
+    disk and outlives the VM: boot a newer image with the same file to keep the work."""
     from .accel import choose_accelerator
     from .progress import Progress, format_seconds
     from .render import OUTPUT_DIR, output_dir
@@ -943,6 +948,8 @@ def boot_locally(
     choice = choose_accelerator(accelerator)
     work.mkdir(parents=True, exist_ok=True)
     serial_log = work / "serial.log"
+    if data_disk is not None:
+        say(ensure_data_disk(data_disk))
     url = login_url(https_port)
     progress = Progress()
     with tempfile.TemporaryDirectory(prefix="hubkiln-launch-") as tmp, interrupted_by_signals():
@@ -950,7 +957,8 @@ def boot_locally(
         write_seed(launch, iso=iso)  # holds the settings' secrets: removed with `tmp`
         serial_log.unlink(missing_ok=True)
         spec = VmSpec(image=image, seed_iso=iso, serial_log=serial_log,
-                      accelerator=choice.name, forwards={443: https_port, 22: ssh_port})
+                      accelerator=choice.name, forwards={443: https_port, 22: ssh_port},
+                      data_disk=data_disk)
         try:
             with Vm(spec) as vm:
                 say(f"booting {display_path(image)} on a snapshot ({choice.name}: "
@@ -965,13 +973,60 @@ def boot_locally(
                     say(f"  {line}")
                 if command := ssh_instructions(launch, ssh_port, demo_key):
                     say(f"  admin shell: {command}")
-                say("press Ctrl-C to stop the VM (it runs on a snapshot: nothing it changes "
-                    "is kept)")
+                for line in stop_instructions(data_disk):
+                    say(line)
                 while vm.alive():
                     time.sleep(1)
                 say("the VM stopped by itself")
         except KeyboardInterrupt:
             say("stopped the VM")
+
+
+#: Size of a data disk that `invoke launch --data-disk` makes (qcow2: it grows as used).
+DATA_DISK_SIZE = "10G"
+
+
+def ensure_data_disk(disk: Path, size: str = DATA_DISK_SIZE) -> str:
+    """Make a blank qcow2 data disk at `disk` unless one is there; say what was done."""
+    from .proc import run
+    from .vm import create_data_disk_command
+
+    if not disk.exists():
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        run(create_data_disk_command(disk, size),
+            hint="check that the folder is writable and has room")
+        return (f"made a blank {size} data disk {display_path(disk)}: the image formats it "
+                "and puts /home on it")
+    info = json.loads(run(["qemu-img", "info", "--output=json", "--force-share", str(disk)],
+                          hint=f"is {display_path(disk)} a disk image?"))
+    if info.get("format") != "qcow2":
+        raise HubkilnError(f"{display_path(disk)} is a {info.get('format')} image, not qcow2",
+                           hint="convert it: qemu-img convert -O qcow2 FILE NEW.qcow2")
+    return f"data disk {display_path(disk)} (kept as it is: /home with the students' work)"
+
+
+def stop_instructions(data_disk: Path | None) -> list[str]:
+    """What stopping the local VM keeps."""
+    if data_disk is None:
+        return ["press Ctrl-C to stop the VM (it runs on a snapshot: nothing it changes "
+                "is kept)"]
+    return [f"press Ctrl-C to stop the VM: the OS disk runs on a snapshot (its changes are "
+            f"lost), /home stays on {display_path(data_disk)}",
+            "  for a clean stop, power it off from inside (sudo poweroff); the next launch "
+            "with the same --data-disk keeps the students' work"]
+
+
+def launch_profile(profile_ref: str, *, config: str | None, https_port: int, ssh_port: int,
+                   accelerator: str | None, timeout: float,
+                   data_disk: str | None = None) -> None:
+    """`invoke launch`: load the profile and the launch file, then boot_locally."""
+    from .profile import load_profile
+
+    profile = load_profile(profile_ref)
+    settings = load_launch(config) if config else None
+    boot_locally(profile, profile_ref, settings, https_port=https_port or None,
+                 ssh_port=ssh_port or None, accelerator=accelerator, timeout=timeout,
+                 data_disk=Path(data_disk).resolve() if data_disk else None)
 
 
 def console_tail(vm: Any) -> str:
@@ -981,6 +1036,16 @@ def console_tail(vm: Any) -> str:
         "console output; is the image bootable?)"
 
 
+def qemu_output(vm: Any) -> str:
+    """What qemu itself printed (e.g. a refused disk option), as ` (qemu: ...)`, or ''."""
+    process = getattr(vm, "process", None)
+    stream = getattr(process, "stdout", None)
+    if stream is None:
+        return ""
+    text = stream.read().decode(errors="replace").strip()
+    return f" (qemu: {text[-500:]})" if text else ""
+
+
 def wait_for_login_page(vm: Any, url: str, timeout: float, progress: Any) -> float:
     """Poll `url` until it answers; return seconds waited. Raise with the console's tail."""
     started = time.monotonic()
@@ -988,8 +1053,9 @@ def wait_for_login_page(vm: Any, url: str, timeout: float, progress: Any) -> flo
     with progress.stage("launch", f"boot and wait for {url}"):
         while time.monotonic() - started < timeout:
             if not vm.alive():
-                raise BuildError(f"the VM stopped before the hub answered; the console ended "
-                                 f"with:\n{console_tail(vm)}",
+                said = qemu_output(vm)
+                raise BuildError(f"the VM stopped before the hub answered{said}; the console "
+                                 f"ended with:\n{console_tail(vm)}",
                                  hint=f"see the whole console log in {vm.spec.serial_log}")
             if login_page_answers(url, timeout=10):
                 return time.monotonic() - started

@@ -56,6 +56,8 @@ STEPS: tuple[Step, ...] = (
     Step("60-content.sh", "config", "course material, read-only", ("HUBKILN_CONTENT_SRC",)),
     Step("70-https.sh", "config", "the HTTPS front (Caddy)", ("HUBKILN_HUB_SETTINGS",),
          files=("systemd",)),
+    Step("75-data-disk.sh", "config", "/home on an optional data disk; the new-term tool",
+         files=("data",)),
     Step("90-seal.sh", "seal", "image hygiene before capture"),
 )
 

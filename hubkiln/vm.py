@@ -5,8 +5,12 @@ snapshot (its file is never changed), with a NoCloud seed ISO, user
 networking whose forwards bind 127.0.0.1 only, optionally restricted so the
 guest has no way out, and the serial console in a log file.
 
+An optional data disk (a qcow2 file) is attached read-write, never on a
+snapshot: the image's hubkiln-data-disk puts /home on it.
+
 Limits: x86_64 guests only; one NIC; ports are picked free at start but could
-in theory be taken by another process before qemu binds them.
+in theory be taken by another process before qemu binds them. qemu locks a
+data disk file, so two guests cannot share one.
 """
 
 from __future__ import annotations
@@ -43,6 +47,24 @@ class VmSpec:
     uefi_vars: Path | None = None
     snapshot: bool = True
     extra_disks: list[Path] = field(default_factory=list)
+    #: A qcow2 data disk for /home (hubkiln-data-disk): attached read-write, never on a
+    #: snapshot, so what the guest writes there outlives the boot and the image.
+    data_disk: Path | None = None
+
+
+def data_disk_args(disk: Path) -> list[str]:
+    """qemu options for a data disk: a virtio disk written to the file.
+
+    A plain `if=virtio` drive given after the OS disk: SeaBIOS boots the first
+    hard disk only, so the data disk must not come first on the PCI bus (a
+    `-device virtio-blk-pci` is placed before the `if=virtio` drives).
+    """
+    return ["-drive", f"file={disk},if=virtio,format=qcow2,discard=unmap"]
+
+
+def create_data_disk_command(disk: Path, size: str) -> list[str]:
+    """The command that makes a blank qcow2 data disk of `size` (like 10G) (pure)."""
+    return ["qemu-img", "create", "-q", "-f", "qcow2", str(disk), size]
 
 
 def free_port() -> int:
@@ -73,6 +95,8 @@ def qemu_command(spec: VmSpec) -> list[str]:
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
     ]
+    if spec.data_disk:
+        cmd += data_disk_args(spec.data_disk)
     for disk in spec.extra_disks:
         cmd += ["-drive", f"file={disk},if=virtio,format=qcow2"]
     if spec.seed_iso:
@@ -160,6 +184,20 @@ class Vm:
             f"{self.serial_tail()}",
             hint=f"see the whole console log in {self.spec.serial_log}",
         )
+
+    def power_off(self, user: str, key: Path, timeout: float = 180) -> bool:
+        """Shut the guest down from inside (file systems unmounted cleanly, as before an
+        OS disk swap) and wait for qemu to exit; True when it did within `timeout`."""
+        if not self.alive():
+            return True
+        # The connection drops while the guest goes down: its status says nothing.
+        self.ssh(user, key, "sudo -n systemctl poweroff", check=False, timeout=60)
+        assert self.process is not None
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def stop(self, grace: float = 5) -> None:
         """Stop qemu and everything it started; never leave a guest running."""

@@ -1,0 +1,221 @@
+"""A new term: the work on the data disk outlives the image it was made on.
+
+Builds the ci profile as version term1, boots it with a blank data disk, and
+a student saves a notebook through the hub; then the guest powers off, the
+same profile is built again as version term2 (a new OS disk), booted with the
+same data disk and other launch settings (another admin first, the roster in
+another order), and the notebook is still there, owned by the same uid, and
+the student logs in and opens it. Both profiles are written into a temporary
+folder and extend profiles/ci.yaml by its path.
+
+Cost under TCG: two cached builds (config, disk, bake) and two boots with a
+student server each, about 30-40 minutes. One guest at a time.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import shlex
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hubkiln import launch, seed
+from hubkiln.build import build
+from hubkiln.profile import PROJECT_DIR, load_profile
+from hubkiln.render import output_dir
+from hubkiln.vm import Vm, VmSpec, create_data_disk_command, free_port
+
+pytestmark = [pytest.mark.vm, pytest.mark.e2e]
+
+STUDENT = "student1"
+PASSWORD = "new-term-password-1"
+NOTEBOOK = "term1-work.ipynb"
+MARKER = "written in term 1, read in term 2"
+BOOT_TIMEOUT = 900
+
+
+def _image_helpers():
+    """HubClient and login_and_spawn from tests/image/conftest.py (a plain import would
+    clash with this folder's conftest module)."""
+    path = PROJECT_DIR / "tests" / "image" / "conftest.py"
+    loader = importlib.machinery.SourceFileLoader("hubkiln_image_helpers", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name,
+                                                                             loader))
+    sys.modules[loader.name] = module
+    loader.exec_module(module)
+    return module
+
+
+helpers = _image_helpers()
+
+
+def write_profile(folder: Path, version: str) -> Path:
+    path = folder / f"ci-newterm-{version}.yaml"
+    path.write_text(yaml.safe_dump({
+        "extends": str(PROJECT_DIR / "profiles" / "ci.yaml"),
+        "name": "ci-newterm",
+        "version": version,
+    }))
+    return path
+
+
+def build_image(profile_file: Path) -> Path:
+    manifest = build(str(profile_file), validate=False)
+    return output_dir(load_profile(profile_file)) / manifest["files"][0]["name"]
+
+
+def notebook() -> dict[str, Any]:
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+            "cells": [{"cell_type": "markdown", "id": "c1", "metadata": {}, "source": MARKER}]}
+
+
+class Guest:
+    """A booted image: SSH as the admin, HTTPS through the forwarded front."""
+
+    def __init__(self, vm: Vm, key: Path, admin: str, https_port: int):
+        self.vm, self.key, self.admin = vm, key, admin
+        self.front = helpers.Front("127.0.0.1", https_port, None)
+
+    def sh(self, command: str) -> str:
+        return self.vm.ssh(self.admin, self.key, f"sudo -n sh -c {shlex.quote(command)}").stdout
+
+    def client(self):
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # self-signed
+        return helpers.HubClient(self.front, context)
+
+
+@contextmanager
+def booted(image: Path, data_disk: Path, work: Path, admins: list[str],
+           users: list[str]) -> Iterator[Guest]:
+    work.mkdir()
+    key = work / "admin-key"
+    public = seed.make_ssh_key(key, "hubkiln-new-term")
+    launch_file = work / "launch.yaml"
+    launch_file.write_text(yaml.safe_dump({"hostname": "hubkiln-newterm", "admins": admins,
+                                           "users": users, "ssh_authorized_keys": [public]}))
+    settings = launch.load_launch(launch_file)
+    iso = work / "seed.iso"
+    launch.write_seed(settings, iso=iso)
+    ports = {22: free_port(), 443: free_port()}
+    spec = VmSpec(image=image, seed_iso=iso, serial_log=work / "serial.log",
+                  forwards=ports, data_disk=data_disk)
+    with Vm(spec) as vm:
+        vm.wait_for_ssh(admins[0], key, timeout=BOOT_TIMEOUT)
+        url = launch.login_url(ports[443])
+        started = time.monotonic()
+        while not launch.login_page_answers(url):
+            assert time.monotonic() - started < BOOT_TIMEOUT, f"no login page at {url}"
+            time.sleep(5)
+        yield Guest(vm, key, admins[0], ports[443])
+        # Cleanly, as before an OS disk swap (on a failure above, Vm just stops qemu).
+        stopped = vm.power_off(admins[0], key)
+    assert stopped, "the guest did not power off within 3 minutes"
+
+
+def home_facts(guest: Guest) -> dict[str, str]:
+    source = guest.sh("findmnt -no SOURCE /home").strip()
+    return {
+        "source": source,
+        "options": guest.sh("findmnt -no FSTYPE,OPTIONS /home").strip(),
+        "label": guest.sh(f"blkid -s LABEL -o value {source}").strip(),
+        "uuid": guest.sh(f"blkid -s UUID -o value {source}").strip(),
+        "journal": guest.sh("journalctl -b --no-pager -o cat -u hubkiln-data-disk.service"),
+    }
+
+
+def ids(guest: Guest, *names: str) -> dict[str, str]:
+    return {name: guest.sh(f"id -u {name}").strip() for name in names}
+
+
+@pytest.fixture(scope="module")
+def term1(tmp_path_factory) -> dict[str, Any]:
+    """Term 1: blank data disk, a student saves a notebook, clean power-off."""
+    work = tmp_path_factory.mktemp("new-term")
+    subprocess.run(create_data_disk_command(work / "home.qcow2", "4G"), check=True)
+    image = build_image(write_profile(work, "term1"))
+    with booted(image, work / "home.qcow2", work / "boot1", ["teacher"],
+                [STUDENT, "student2"]) as guest:
+        facts = home_facts(guest)
+        session = helpers.login_and_spawn(guest.client(), STUDENT, PASSWORD)
+        base = f"/user/{STUDENT}"
+        session.client.get(f"{base}/lab")  # sets the server's _xsrf cookie
+        status, _, text = session.client.request(
+            "PUT", f"{base}/api/contents/{NOTEBOOK}",
+            body=json.dumps({"type": "notebook", "format": "json",
+                             "content": notebook()}).encode(),
+            headers={"X-XSRFToken": session.client.cookie("_xsrf", base) or "",
+                     "Content-Type": "application/json"})
+        assert status in (200, 201), f"saving the notebook: HTTP {status}: {text[:300]}"
+        facts["owner"] = guest.sh(f"stat -c %u:%g:%U /home/{STUDENT}/{NOTEBOOK}").strip()
+        facts["ids"] = ids(guest, STUDENT, "teacher")
+        facts["sha256"] = guest.sh(f"sha256sum /home/{STUDENT}/{NOTEBOOK}").split()[0]
+    return {**facts, "work": work}
+
+
+@pytest.fixture(scope="module")
+def term2(term1) -> dict[str, Any]:
+    """Term 2: a rebuilt image, the same data disk, other launch settings."""
+    work = term1["work"]
+    image = build_image(write_profile(work, "term2"))
+    with booted(image, work / "home.qcow2", work / "boot2", ["teacher2", "teacher"],
+                ["student2", STUDENT]) as guest:
+        facts = home_facts(guest)
+        facts["ids_at_boot"] = ids(guest, STUDENT, "teacher", "teacher2")
+        facts["owner"] = guest.sh(f"stat -c %u:%g:%U /home/{STUDENT}/{NOTEBOOK}").strip()
+        session = helpers.login_and_spawn(guest.client(), STUDENT, PASSWORD)
+        facts["opened"] = session.client.request(
+            "GET", f"/user/{STUDENT}/api/contents/{NOTEBOOK}?content=1")
+        guest.sh("hubkiln-term archive")
+        manifest = guest.sh("cat $(ls -1 /home/.hubkiln/archives/*.manifest.tsv | tail -n1)")
+        facts["manifest"] = [line.split("\t") for line in manifest.splitlines()
+                             if not line.startswith("#")]
+    return facts
+
+
+def test_term1_formats_the_blank_data_disk_for_home(term1):
+    assert term1["label"] == "hubkiln-home", term1["journal"]
+    assert term1["options"].startswith("ext4 ") and {"nodev", "nosuid"} <= set(
+        term1["options"].split()[1].split(","))
+    assert "formatting the blank disk" in term1["journal"]
+
+
+def test_term2_keeps_the_data_disk_as_it_is(term1, term2):
+    assert term2["uuid"] == term1["uuid"], term2["journal"]
+    assert "formatting" not in term2["journal"]
+
+
+def test_the_student_and_the_admin_keep_their_uids(term1, term2):
+    assert term2["ids_at_boot"][STUDENT] == term1["ids"][STUDENT]  # restored before any login
+    assert term2["ids_at_boot"]["teacher"] == term1["ids"]["teacher"]
+    assert term2["ids_at_boot"]["teacher2"] not in term1["ids"].values()
+
+
+def test_the_notebook_is_still_the_students(term1, term2):
+    assert term2["owner"] == term1["owner"]
+    assert term2["owner"].endswith(f":{STUDENT}")
+
+
+def test_the_student_logs_in_and_opens_the_notebook(term2):
+    status, _, text = term2["opened"]
+    assert status == 200, f"HTTP {status}: {text[:300]}"
+    model = json.loads(text)
+    assert model["type"] == "notebook" and model["content"]["cells"][0]["source"] == MARKER
+
+
+def test_the_term_archive_lists_the_notebook_with_its_checksum(term1, term2):
+    rows = {row[3]: row for row in term2["manifest"]}
+    row = rows.get(f"{STUDENT}/{NOTEBOOK}")
+    assert row, f"not in the manifest: {sorted(rows)[:20]}"
+    assert row[0] == STUDENT and row[2] == term1["sha256"]

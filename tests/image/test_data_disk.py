@@ -1,0 +1,91 @@
+"""/home on the data disk, the uid registry and the new-term tool, inside a booted image.
+
+The data-disk checks skip (with the reason) when the guest has no data disk:
+`invoke test` boots without one; tests/e2e/test_new_term.py boots with one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+UNIT = "hubkiln-data-disk.service"
+REGISTRY = "/home/.hubkiln/accounts"
+
+
+@pytest.fixture(scope="module")
+def data_disk(host) -> str:
+    """The device /home is mounted from; skips when /home is on the OS disk."""
+    with host.sudo():
+        found = host.run("findmnt -no SOURCE /home")
+    if found.rc != 0:
+        pytest.skip("no data disk attached: /home is on the OS disk")
+    return found.stdout.strip()
+
+
+def registry(host) -> dict[str, tuple[int, int, str]]:
+    text = host.run(f"cat {REGISTRY}").stdout if host.file(REGISTRY).exists else ""
+    rows = [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+    return {name: (int(uid), int(gid), role) for name, uid, gid, role in rows}
+
+
+def test_the_data_disk_unit_succeeded(host, journal):
+    assert host.service(UNIT).is_enabled
+    state = host.run(f"systemctl show -P Result {UNIT}").stdout.strip()
+    assert state == "success", journal(UNIT)
+
+
+def test_the_hub_requires_the_data_disk_unit(host):
+    assert UNIT in host.run("systemctl show -P Requires jupyterhub.service").stdout.split()
+    assert "jupyterhub.service" in host.run(f"systemctl show -P Before {UNIT}").stdout.split()
+
+
+def test_home_is_the_labelled_data_disk_without_devices_or_setuid(host, data_disk, journal):
+    assert host.run(f"blkid -s LABEL -o value {data_disk}").stdout.strip() == "hubkiln-home"
+    fstype, options = host.run("findmnt -no FSTYPE,OPTIONS /home").stdout.split()
+    assert fstype == "ext4", journal(UNIT)
+    assert {"nodev", "nosuid", "rw"} <= set(options.split(","))
+
+
+def disk_of(host, device: str) -> str:
+    """The whole disk a device is on (itself for a file system on a whole disk)."""
+    parent = host.run(f"lsblk -no PKNAME {device}").stdout.strip()
+    return parent or host.run(f"lsblk -dno KNAME {device}").stdout.strip()
+
+
+def test_the_data_disk_is_not_the_root_disk(host, data_disk):
+    root = host.run("findmnt -no SOURCE /").stdout.strip()
+    assert disk_of(host, data_disk) != disk_of(host, root)
+
+
+def test_registered_accounts_own_their_homes_with_their_registered_ids(host, student):
+    accounts = registry(host)
+    assert student.name in accounts, f"{student.name} is not in {REGISTRY}"
+    wrong = {}
+    for name, (uid, gid, _) in accounts.items():
+        home = host.file(f"/home/{name}")
+        if not home.exists:
+            continue
+        found = (host.user(name).uid if host.user(name).exists else None, home.uid, home.gid)
+        if found != (uid, uid, gid):
+            wrong[name] = {"registered": (uid, gid), "account uid, home uid, home gid": found}
+    assert not wrong
+
+
+def test_the_term_archive_matches_its_manifest(host, student):
+    out = "/var/tmp/hubkiln-term-test"
+    host.run(f"rm -rf {out}")
+    try:
+        made = host.run(f"hubkiln-term archive --output {out}")
+        assert made.rc == 0, made.stderr
+        check = host.run(f"cd {out} && sha256sum -c hubkiln-term-*.tar.gz.sha256")
+        assert check.rc == 0, check.stdout + check.stderr
+        rows = [line.split("\t") for line in host.run(f"cat {out}/*.manifest.tsv").stdout
+                .splitlines() if not line.startswith("#")]
+        mine = [row for row in rows if row[0] == student.name]
+        files = int(host.run(f"find /home/{student.name} -xdev -type f | wc -l").stdout)
+        assert len(mine) == files
+        listed = host.run(f"tar -tzf {out}/*.tar.gz").stdout.splitlines()
+        assert listed[0] == "MANIFEST.tsv"
+        assert {row[3] for row in mine} <= set(listed)
+    finally:
+        host.run(f"rm -rf {out}")
