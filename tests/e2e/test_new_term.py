@@ -9,7 +9,8 @@ the student logs in and opens it. Both profiles are written into a temporary
 folder and extend profiles/ci.yaml by its path.
 
 Cost under TCG: two cached builds (config, disk, bake) and two boots with a
-student server each, about 30-40 minutes. One guest at a time.
+student server each, about 30-40 minutes. One guest at a time. Marked `slow`:
+`invoke check --slow` runs it; CI's `invoke check` does not.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from hubkiln.profile import PROJECT_DIR, load_profile
 from hubkiln.render import output_dir
 from hubkiln.vm import Vm, VmSpec, create_data_disk_command, free_port
 
-pytestmark = [pytest.mark.vm, pytest.mark.e2e]
+pytestmark = [pytest.mark.vm, pytest.mark.e2e, pytest.mark.slow]
 
 STUDENT = "student1"
 PASSWORD = "new-term-password-1"
