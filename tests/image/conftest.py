@@ -274,8 +274,13 @@ class StudentSession:
 XSRF_FIELD = re.compile(r'name="_xsrf"\s+value="([^"]+)"')
 
 
+#: Seconds a student's login and first start may take (the image's own spawn timeout
+#: is 300 s; a deliberately broken image is given less, to fail sooner).
+SPAWN_TIMEOUT = float(os.environ.get("HUBKILN_TEST_SPAWN_TIMEOUT", "420"))
+
+
 def login_and_spawn(client: HubClient, name: str, password: str,
-                    timeout: float = 420) -> StudentSession:
+                    timeout: float = SPAWN_TIMEOUT) -> StudentSession:
     """First login (firstuse sets the password), then wait until the server is ready."""
     status, _, page, _ = client.get("/hub/login")
     assert status == 200, f"login page: HTTP {status}"
@@ -329,8 +334,9 @@ def student(host: Any, settings: dict[str, Any], hub_client, student_password: s
             _student_sessions[name] = login_and_spawn(hub_client(), name, student_password)
         except AssertionError as error:
             with as_root(host):
-                raise AssertionError(f"{error}{unit_journal(host, 'jupyterhub.service', 80)}"
-                                     ) from None
+                raise AssertionError(
+                    f"{error}{unit_journal(host, f'jupyter-{name}-singleuser', 30)}"
+                    f"{unit_journal(host, 'jupyterhub.service', 80)}") from None
     return _student_sessions[name]
 
 
