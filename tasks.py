@@ -6,6 +6,7 @@ Run `invoke --list` for the list and `invoke --help TASK` for the options.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 from invoke import Exit, task
@@ -65,10 +66,14 @@ def build(c, profile="optimization", accel=None, verbose=False, skip_validation=
     "profile": PROFILE_HELP,
     "image": "Image file to test instead of the profile's last build (not recorded).",
     "accel": "qemu accelerator: `kvm`, `tcg` or `auto` (default: detect).",
+    "faults": "Also run the fault tests (memory hog, fork bomb, full disk, hostile logins, "
+    "killed hub and proxy) and the reboot, last.",
 })
 @reports_errors
-def test(c, profile="optimization", image=None, accel=None):
+def test(c, profile="optimization", image=None, accel=None, faults=False):
     """Boot a built image fresh on a snapshot and validate it with tests/image (testinfra)."""
+    if faults:
+        os.environ["HUBKILN_TEST_FAULTS"] = "1"  # read by tests/image/conftest.py
     record = actions.test_image(profile, image=image, accelerator=accel)
     print(f"validation passed: {record['passed']} passed, {record['skipped']} skipped "
           f"in {record['seconds']}s")

@@ -54,7 +54,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     here = os.path.dirname(__file__)
     has_hosts = bool(config.getoption("hosts", None))
     items.sort(key=run_order)  # stable: file order within each group
+    faults = os.environ.get("HUBKILN_TEST_FAULTS", "") not in ("", "0")
     for item in items:
+        if run_order(item) and not faults:
+            item.add_marker(pytest.mark.skip(reason=(
+                "fault and reboot tests run only with HUBKILN_TEST_FAULTS=1 (invoke test "
+                "--faults): not yet part of every build's validation (issue 5)")))
         fixtures = getattr(item, "fixturenames", ())
         if not str(item.fspath).startswith(here) or not {"host", "front"} & set(fixtures):
             continue  # pure tests of the in-guest logic run anywhere
