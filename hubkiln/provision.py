@@ -58,6 +58,8 @@ STEPS: tuple[Step, ...] = (
          files=("systemd",)),
     Step("75-data-disk.sh", "config", "/home on an optional data disk; the new-term tool",
          files=("data",)),
+    Step("80-hardening.sh", "config", "OS hardening (HARDENING.md)", ("HUBKILN_HARDENING",),
+         files=("hardening",)),
     Step("90-seal.sh", "seal", "image hygiene before capture"),
 )
 
@@ -98,6 +100,17 @@ def hub_settings(profile: Profile) -> dict[str, Any]:
     }
 
 
+def hardening_settings(profile: Profile) -> dict[str, Any]:
+    """The profile's hardening settings that 80-hardening.sh applies in the image."""
+    hardening = profile["hardening"]
+    return {
+        "enabled": hardening["enabled"],
+        "ssh_allowed_networks": list(hardening["ssh_allowed_networks"]),
+        "extra_open_ports": list(hardening["extra_open_ports"]),
+        "ptrace_scope": hardening["ptrace_scope"],
+    }
+
+
 def provision_env(profile: Profile) -> dict[str, str]:
     """The declared environment variables that carry the profile into the scripts."""
     env = profile["environment"]
@@ -110,4 +123,6 @@ def provision_env(profile: Profile) -> dict[str, str]:
         "HUBKILN_HUB_SETTINGS": json.dumps(hub_settings(profile), sort_keys=True,
                                            separators=(",", ":")),
         "HUBKILN_CONTENT_SRC": CONTENT_STAGING if profile["content"]["folders"] else "",
+        "HUBKILN_HARDENING": json.dumps(hardening_settings(profile), sort_keys=True,
+                                        separators=(",", ":")),
     }

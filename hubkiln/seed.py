@@ -18,9 +18,13 @@ import yaml
 
 from .proc import run
 
+#: The Unix group that the image's SSH admits (`AllowGroups`, provision/80-hardening.sh);
+#: made by provision/50-hub-config.sh. The build account joins it and goes with the seal.
+SSH_GROUP = "hubkiln-admins"
+
 
 def build_user_data(user: str, public_key: str) -> dict[str, Any]:
-    """cloud-config for a build or test VM: one sudo account with one key, nothing else."""
+    """cloud-config for a build or test VM: one sudo account with one key, in the SSH group."""
     return {
         # Without it cloud-init installs `locales` at every first boot (93 s under TCG).
         "locale": "C.UTF-8",
@@ -30,6 +34,8 @@ def build_user_data(user: str, public_key: str) -> dict[str, Any]:
                 "gecos": "hubkiln build (removed before capture)",
                 "shell": "/bin/bash",
                 "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                # SSH admits only this group in a hardened image (80-hardening.sh).
+                "groups": [SSH_GROUP],
                 "lock_passwd": True,
                 "ssh_authorized_keys": [public_key.strip()],
             }

@@ -14,7 +14,14 @@ require_root
 # Node.js is not needed here: 30-proxy.sh brings the runtime of the proxy.
 # caddy: the HTTPS front (70-https.sh; Ubuntu universe, Debian main); openssl:
 # the first-boot secrets and self-signed certificate (hubkiln-firstboot).
-BASE_PACKAGES=(python3 python3-venv git ca-certificates caddy openssl)
+# The hardening tools (80-hardening.sh configures them; all stay in the image):
+# nftables (the firewall), auditd (audit rules), fail2ban with python3-systemd
+# (bans from the journal), apparmor, unattended-upgrades (security updates),
+# libpam-pwquality (password quality for local passwords), lynis (the audit that
+# validation runs; kept as an admin tool, see provision/README.md).
+HARDENING_PACKAGES=(nftables auditd fail2ban python3-systemd apparmor unattended-upgrades
+    libpam-pwquality lynis)
+BASE_PACKAGES=(python3 python3-venv git ca-certificates caddy openssl "${HARDENING_PACKAGES[@]}")
 
 split_words PROFILE_PACKAGES "${HUBKILN_APT_PACKAGES:-}"
 for pkg in "${PROFILE_PACKAGES[@]}"; do

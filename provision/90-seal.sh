@@ -101,6 +101,11 @@ done
 rm -rf /var/lib/hubkiln/content-delivered /var/lib/caddy/.local /var/lib/caddy/.config
 rm -f /var/lib/hubkiln/launch-admins.json /etc/hubkiln/launch.yaml \
     /etc/hubkiln/hub.d/50-launch.yaml /etc/hubkiln/front/Caddyfile
+announce "removing fail2ban's database (bans and failures seen during the build)"
+if ! in_chroot && systemctl is-active --quiet fail2ban.service; then
+    systemctl stop fail2ban.service
+fi
+rm -f /var/lib/fail2ban/fail2ban.sqlite3
 announce "removing hub databases, cookie secrets and proxy pid files"
 find "${SEARCH_ROOTS[@]}" -xdev -type f \( -name 'jupyterhub.sqlite*' \
     -o -name jupyterhub_cookie_secret -o -name jupyterhub-proxy.pid \) -print -delete
@@ -132,6 +137,11 @@ announce "truncating logs"
 if ! in_chroot && systemctl is-active --quiet systemd-journald 2>/dev/null; then
     journalctl --rotate
     journalctl --vacuum-time=1s
+    # The active files survive a vacuum: have journald write to /run until the
+    # power-off, so that no journal of the build boot (under the build's
+    # machine-id) stays on disk.
+    journalctl --relinquish-var
+    find /var/log/journal -mindepth 1 -delete
 fi
 if in_chroot && [[ -d /var/log/journal ]]; then
     find /var/log/journal -mindepth 1 -delete
@@ -149,6 +159,9 @@ if [[ -n "$BUILD_USER" ]] && getent passwd "$BUILD_USER" >/dev/null \
     problems+=("build user $BUILD_USER still exists")
 fi
 [[ ! -e "$HUBKILN_APT_PROXY_DROPIN" ]] || problems+=("apt proxy drop-in remains")
+[[ ! -e /var/lib/fail2ban/fail2ban.sqlite3 ]] || problems+=("fail2ban's database remains")
+[[ -z "$(find /var/log/journal -mindepth 1 -print -quit 2>/dev/null)" ]] \
+    || problems+=("the build's journal remains in /var/log/journal")
 [[ -z "$(find /var/lib/hubkiln/secrets /var/lib/hubkiln/hub /etc/hubkiln/tls -mindepth 1 \
     -print -quit 2>/dev/null)" ]] || problems+=("hub secrets, database or TLS files remain")
 [[ -z "$(find /var/lib/apt/lists -type f ! -name lock -print -quit)" ]] \

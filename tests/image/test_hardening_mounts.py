@@ -1,0 +1,53 @@
+"""Mount options of /dev/shm, /tmp and /home (HARDENING.md "mounts"); /home stays writable."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+MOUNTS = {
+    "/dev/shm": {"nodev", "nosuid", "noexec"},
+    "/tmp": {"nodev", "nosuid"},
+    "/home": {"nodev", "nosuid"},
+}
+
+
+@pytest.fixture(scope="module")
+def hardening(host: Any) -> dict[str, Any]:
+    """The hardening settings baked into the image; skips when hardening is off."""
+    with host.sudo():
+        found = host.file("/etc/hubkiln/hardening.json")
+        settings = json.loads(found.content_string) if found.exists else {}
+    if not settings.get("enabled"):
+        pytest.skip("hardening.enabled is false in this image (or 80-hardening.sh did not run)")
+    return settings
+
+
+@pytest.mark.parametrize("point,wanted", sorted(MOUNTS.items()))
+def test_mount_has_the_options(host, hardening, journal, point, wanted):
+    result = host.run(f"findmnt -n -o OPTIONS --mountpoint {point}")
+    options = set(result.stdout.strip().split(","))
+    unit = {"/dev/shm": "hubkiln-shm-noexec.service", "/tmp": "tmp.mount",
+            "/home": "home.mount"}[point]
+    assert wanted <= options, f"{point}: {result.stdout.strip()!r}" + journal(unit)
+
+
+@pytest.mark.parametrize("point", ["/tmp", "/home"])
+def test_mount_is_still_writable(host, hardening, point):
+    result = host.run(f"probe=$(mktemp -p {point}) && rm -f \"$probe\"")
+    assert result.rc == 0, result.stderr
+
+
+def test_students_servers_may_write_their_home(host, hardening):
+    """SystemdSpawner's units see / read-only except the home: a unit like them writes there."""
+    probe = "/home/.hubkiln-probe"
+    host.run(f"install -d -o nobody {probe}")
+    try:
+        result = host.run(
+            "systemd-run --wait --quiet --collect -p User=nobody -p ReadOnlyPaths=/ "
+            f"-p ReadWritePaths={probe} -p PrivateTmp=yes touch {probe}/file")
+        assert result.rc == 0, result.stderr
+    finally:
+        host.run(f"rm -rf {probe}")

@@ -1,0 +1,65 @@
+"""Lynis (OS archive) audits the booted image: hardening index at least the profile's
+hardening.lynis_min_score and no warning. The summary (index, warnings, suggestions)
+goes to $HUBKILN_TEST_REPORTS/lynis.json for manifest.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubkiln.audit import LYNIS_REPORT, lynis_problems, lynis_summary, parse_lynis_report
+
+#: Under TCG a full audit takes minutes (it refreshes the apt lists for PKGS-7392).
+LYNIS_TIMEOUT = int(os.environ.get("HUBKILN_TEST_LYNIS_TIMEOUT", "2700"))
+
+
+def profile_hardening() -> dict[str, Any]:
+    """The profile's hardening section (HUBKILN_TEST_PROFILE), or the schema's defaults."""
+    path = os.environ.get("HUBKILN_TEST_PROFILE")
+    if not path:
+        return {"lynis_min_score": 80, "pip_audit_allow": []}
+    from hubkiln.profile import load_profile
+
+    return dict(load_profile(path)["hardening"])
+
+
+def write_report(name: str, summary: dict[str, Any]) -> None:
+    folder = os.environ.get("HUBKILN_TEST_REPORTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / name).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="module")
+def hardening(host: Any) -> dict[str, Any]:
+    with host.sudo():
+        found = host.file("/etc/hubkiln/hardening.json")
+        settings = json.loads(found.content_string) if found.exists else {}
+    if not settings.get("enabled"):
+        pytest.skip("hardening.enabled is false in this image: a Lynis score would mean nothing")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def lynis(host: Any, hardening: dict[str, Any]):
+    with host.sudo():
+        assert host.exists("lynis"), "lynis is not installed in the image"
+        run = host.run(f"timeout {LYNIS_TIMEOUT} lynis audit system --no-colors --quick "
+                       "--quiet --report-file " + LYNIS_REPORT)
+        report = host.file(LYNIS_REPORT)
+        assert report.exists, f"lynis wrote no report (exit {run.rc}):\n{run.stdout[-3000:]}" \
+            f"{run.stderr[-2000:]}"
+        return parse_lynis_report(report.content_string)
+
+
+def test_lynis_score_and_warnings(lynis, host):
+    minimum = int(profile_hardening()["lynis_min_score"])
+    summary = lynis_summary(lynis, minimum)
+    write_report("lynis.json", summary)
+    problems = lynis_problems(lynis, minimum)
+    suggestions = "\n".join(f"  {s.test_id}: {s.message}" for s in lynis.suggestions)
+    assert problems == [], "\n".join(problems) + f"\nremaining suggestions:\n{suggestions}"
