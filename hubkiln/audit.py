@@ -226,6 +226,13 @@ def unallowed(result: PipAuditResult, allow: Iterable[Mapping[str, str]]
     return [v for v in result.vulnerabilities if not v.ids & ids]
 
 
+def nothing_audited(result: PipAuditResult) -> bool:
+    """True when pip-audit looked up no distribution at all: its vulnerability service
+    was unreachable or refused every lookup (a proxy without the JSON API, no DNS).
+    That says nothing about the environment; a partial audit is a failure instead."""
+    return result.audited == 0 and bool(result.skipped)
+
+
 def pip_audit_problems(env: str, result: PipAuditResult,
                        allow: Iterable[Mapping[str, str]]) -> list[str]:
     """Why the environment fails the profile (empty when it passes)."""

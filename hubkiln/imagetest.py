@@ -38,6 +38,8 @@ IMAGE_TESTS = PROJECT_DIR / "tests" / "image"
 FAILED_MARKER = "VALIDATION-FAILED"
 TEST_ADMIN = "teacher"
 TEST_STUDENTS = ("student1", "student2")
+#: A guest port nothing may reach: the firewall test listens there and expects a drop.
+BLOCKED_GUEST_PORT = 8099
 
 
 @dataclass
@@ -155,7 +157,9 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
         iso = seed.make_seed_iso(folder, work / "seed.iso")
         ssh_config = work / "ssh_config"
         ssh_config.write_text(render_ssh_config())
-        ports = {22: free_port(), 80: free_port(), 443: free_port()}
+        # 8099: a port the firewall must drop (tests/image/test_hardening_firewall.py).
+        ports = {22: free_port(), 80: free_port(), 443: free_port(),
+                 BLOCKED_GUEST_PORT: free_port()}
         # restrict=on: the guest has no way out, as on an offline lab network; the
         # image must serve the hub with only the forwarded ports.
         spec = VmSpec(image=image, seed_iso=iso, serial_log=logs / "validate-serial.log",
@@ -174,6 +178,7 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
                 "HUBKILN_TEST_HTTPS_PORT": str(ports[443]),
                 "HUBKILN_TEST_HTTP_PORT": str(ports[80]),
                 "HUBKILN_TEST_SSH_PORT": str(ports[22]),
+                "HUBKILN_TEST_BLOCKED_PORT": str(ports[BLOCKED_GUEST_PORT]),
                 "HUBKILN_TEST_KEY": str(key),
                 "HUBKILN_TEST_ADMIN": TEST_ADMIN,
                 "HUBKILN_TEST_STUDENTS": " ".join(TEST_STUDENTS),

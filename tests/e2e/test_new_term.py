@@ -126,10 +126,10 @@ def booted(image: Path, data_disk: Path, work: Path, admins: list[str],
 
 
 def home_facts(guest: Guest) -> dict[str, str]:
-    source = guest.sh("findmnt -no SOURCE /home").strip()
+    source = guest.sh("findmnt -no SOURCE --mountpoint /home | tail -n1").strip()
     return {
         "source": source,
-        "options": guest.sh("findmnt -no FSTYPE,OPTIONS /home").strip(),
+        "options": guest.sh("findmnt -no FSTYPE,OPTIONS --mountpoint /home | tail -n1").strip(),
         "label": guest.sh(f"blkid -s LABEL -o value {source}").strip(),
         "uuid": guest.sh(f"blkid -s UUID -o value {source}").strip(),
         "journal": guest.sh("journalctl -b --no-pager -o cat -u hubkiln-data-disk.service"),

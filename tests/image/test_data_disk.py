@@ -10,13 +10,17 @@ import pytest
 
 UNIT = "hubkiln-data-disk.service"
 REGISTRY = "/home/.hubkiln/accounts"
+# The mount on top of /home (the hardening bind-mounts /home onto itself first).
+HOME_MOUNT = "findmnt -no {columns} --mountpoint /home | tail -n1"
+# Succeeds only when /home is a file system of its own, not a bind mount from /.
+HOME_IS_SEPARATE = 'test "$(stat -c %d /home)" != "$(stat -c %d /)"'
 
 
 @pytest.fixture(scope="module")
 def data_disk(host) -> str:
     """The device /home is mounted from; skips when /home is on the OS disk."""
     with host.sudo():
-        found = host.run("findmnt -no SOURCE /home")
+        found = host.run(f"{HOME_IS_SEPARATE} && {HOME_MOUNT.format(columns='SOURCE')}")
     if found.rc != 0:
         pytest.skip("no data disk attached: /home is on the OS disk")
     return found.stdout.strip()
@@ -41,7 +45,7 @@ def test_the_hub_requires_the_data_disk_unit(host):
 
 def test_home_is_the_labelled_data_disk_without_devices_or_setuid(host, data_disk, journal):
     assert host.run(f"blkid -s LABEL -o value {data_disk}").stdout.strip() == "hubkiln-home"
-    fstype, options = host.run("findmnt -no FSTYPE,OPTIONS /home").stdout.split()
+    fstype, options = host.run(HOME_MOUNT.format(columns="FSTYPE,OPTIONS")).stdout.split()
     assert fstype == "ext4", journal(UNIT)
     assert {"nodev", "nosuid", "rw"} <= set(options.split(","))
 
@@ -89,3 +93,14 @@ def test_the_term_archive_matches_its_manifest(host, student):
         assert {row[3] for row in mine} <= set(listed)
     finally:
         host.run(f"rm -rf {out}")
+
+
+def test_first_use_passwords_live_beside_the_homes(host, settings, student):
+    """They move with the data disk: after an OS disk swap no one can claim a name anew."""
+    if settings["authenticator"] != "firstuse":
+        pytest.skip(f"the {settings['authenticator']} login keeps no first-use passwords")
+    folder = host.file("/home/.hubkiln/hub")
+    assert folder.is_directory and folder.user == "root" and folder.mode == 0o700
+    found = host.run("ls /home/.hubkiln/hub").stdout.split()
+    assert any(name.startswith("passwords.dbm") for name in found), found
+    assert not host.run("ls /var/lib/hubkiln/hub").stdout.count("passwords.dbm")

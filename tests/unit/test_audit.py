@@ -9,6 +9,7 @@ from hubkiln.audit import (
     HOST_CA_BUNDLE,
     lynis_problems,
     lynis_summary,
+    nothing_audited,
     parse_lynis_report,
     parse_pip_audit,
     pip_audit_command,
@@ -112,6 +113,16 @@ def test_unaudited_distributions_fail_with_a_clear_message():
                              {"name": "six", "version": "1.16.0", "vulns": []}]}
     (problem,) = pip_audit_problems("hub", parse_pip_audit(json.dumps(data)), [])
     assert "could not audit 1 of 2" in problem and "reachable" in problem
+
+
+def test_nothing_audited_only_when_the_service_answered_for_none():
+    unreachable = {"dependencies": [
+        {"name": n, "skip_reason": "Dependency not found on PyPI"} for n in ("six", "jinja2")]}
+    assert nothing_audited(parse_pip_audit(json.dumps(unreachable)))
+    partial = {"dependencies": [{"name": "jinja2", "skip_reason": "Dependency not found on PyPI"},
+                                {"name": "six", "version": "1.16.0", "vulns": []}]}
+    assert not nothing_audited(parse_pip_audit(json.dumps(partial)))
+    assert not nothing_audited(parse_pip_audit(json.dumps({"dependencies": []})))
 
 
 def test_pip_audit_summary_separates_allowed_from_open_findings():

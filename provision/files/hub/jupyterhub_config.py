@@ -8,6 +8,7 @@
 # the HTTPS front (hubkiln-front.service, Caddy) on 443 and 80 in front of it.
 # Secrets are made at first boot by hubkiln-firstboot, never baked.
 import asyncio
+import os
 import sys
 
 from hubkiln_hub import SettingsError, load_settings, unix_name
@@ -22,6 +23,9 @@ except SettingsError as error:
     sys.exit(f"hubkiln: the hub settings cannot be used, the hub does not start:\n{error}")
 
 STATE = "/var/lib/hubkiln/hub"
+# Beside the homes (the data disk when there is one): survives an OS disk swap,
+# so no one can claim a student's name with a new first-use password.
+HOME_STATE = "/home/.hubkiln/hub"
 USER_ENV = "/opt/hubkiln/user"
 PREPARE_USER = "/usr/local/sbin/hubkiln-prepare-user"
 
@@ -62,7 +66,8 @@ c.JupyterHub.load_roles = [{"name": "admin", "users": sorted(admins)}]
 if auth in ("firstuse", "native"):
     c.Authenticator.username_pattern = r"^[a-z_][a-z0-9_-]{0,31}$"
 if auth == "firstuse":
-    c.FirstUseAuthenticator.dbm_path = f"{STATE}/passwords.dbm"
+    os.makedirs(HOME_STATE, mode=0o700, exist_ok=True)
+    c.FirstUseAuthenticator.dbm_path = f"{HOME_STATE}/passwords.dbm"
     c.FirstUseAuthenticator.create_users = True  # refused later unless on the roster
     c.FirstUseAuthenticator.min_password_length = 8
 if auth == "native":
