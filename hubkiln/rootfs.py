@@ -53,6 +53,7 @@ COMMON_PACKAGES: tuple[str, ...] = (
     "udev",
     "dbus",  # hostnamectl (cloud-init set_hostname) and resolved need the bus
     "systemd-resolved",  # a separate package on both; DNS for netplan/networkd
+    "systemd-timesyncd",  # the clock: TLS, ACME, OAuth and LTI tokens need it right
     "netplan.io",  # cloud-init renders network config for netplan -> networkd
     "openssh-server",
     "cloud-init",

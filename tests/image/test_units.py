@@ -68,3 +68,11 @@ def test_hub_and_proxy_listen_on_localhost_only(host, journal, address, port):
 def test_front_listens_on_every_address(host, journal, port):
     assert host.socket(f"tcp://0.0.0.0:{port}").is_listening or host.socket(
         f"tcp://:::{port}").is_listening, journal("hubkiln-front.service")
+
+
+def test_the_clock_is_kept_by_timesyncd(host, journal):
+    """TLS, ACME and OAuth/LTI tokens need a right clock; offline it waits quietly."""
+    unit = "systemd-timesyncd.service"
+    assert host.service(unit).is_enabled, journal(unit)
+    state = host.run(f"systemctl is-active {unit}").stdout.strip()
+    assert state == "active", f"{unit} is {state}" + journal(unit)
