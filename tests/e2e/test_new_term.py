@@ -175,6 +175,10 @@ def term2(term1) -> dict[str, Any]:
         facts = home_facts(guest)
         facts["ids_at_boot"] = ids(guest, STUDENT, "teacher", "teacher2")
         facts["owner"] = guest.sh(f"stat -c %u:%g:%U /home/{STUDENT}/{NOTEBOOK}").strip()
+        # The first-use password of term 1 came along on the data disk: no one can
+        # claim the name with a new password.
+        facts["other_password"] = helpers.post_login(guest.client(), STUDENT,
+                                                     "someone-else-9")[0]
         session = helpers.login_and_spawn(guest.client(), STUDENT, PASSWORD)
         facts["opened"] = session.client.request(
             "GET", f"/user/{STUDENT}/api/contents/{NOTEBOOK}?content=1")
@@ -206,6 +210,10 @@ def test_the_student_and_the_admin_keep_their_uids(term1, term2):
 def test_the_notebook_is_still_the_students(term1, term2):
     assert term2["owner"] == term1["owner"]
     assert term2["owner"].endswith(f":{STUDENT}")
+
+
+def test_nobody_claims_the_student_with_a_new_password(term2):
+    assert term2["other_password"] != 302, "a new password was accepted for a known student"
 
 
 def test_the_student_logs_in_and_opens_the_notebook(term2):
