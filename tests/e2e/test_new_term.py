@@ -1,16 +1,17 @@
 """A new term: the work on the data disk outlives the image it was made on.
 
-Builds the ci profile as version term1, boots it with a blank data disk, and
-a student saves a notebook through the hub; then the guest powers off, the
-same profile is built again as version term2 (a new OS disk), booted with the
+Term 1 is the session's e2e image (the `ci` profile, built and validated by
+the `image` fixture), booted with a blank data disk; a student saves a
+notebook through the hub; then the guest powers off. Term 2 is the same course
+built again as another version (a new OS disk: a profile that extends
+profiles/ci.yaml by its path, written into a temporary folder), booted with the
 same data disk and other launch settings (another admin first, the roster in
-another order), and the notebook is still there, owned by the same uid, and
-the student logs in and opens it. Both profiles are written into a temporary
-folder and extend profiles/ci.yaml by its path.
+another order): the notebook is still there, owned by the same uid, the
+student's first-use password came along (a new one is refused), and the
+student logs in and opens it.
 
-Cost under TCG: two cached builds (config, disk, bake) and two boots with a
-student server each, about 30-40 minutes. One guest at a time. Marked `slow`:
-`invoke check --slow` runs it; CI's `invoke check` does not.
+Cost under TCG: one cached build (config, disk, bake) and two boots with a
+student server each, about 12-15 minutes on a quiet machine. In CI.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from hubkiln.profile import PROJECT_DIR, load_profile
 from hubkiln.render import output_dir
 from hubkiln.vm import Vm, VmSpec, create_data_disk_command, free_port
 
-pytestmark = [pytest.mark.vm, pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 
 STUDENT = "student1"
 PASSWORD = "new-term-password-1"
@@ -141,11 +142,10 @@ def ids(guest: Guest, *names: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def term1(tmp_path_factory) -> dict[str, Any]:
-    """Term 1: blank data disk, a student saves a notebook, clean power-off."""
+def term1(tmp_path_factory, image: Path) -> dict[str, Any]:
+    """Term 1: the e2e image, a blank data disk, a student saves a notebook, power-off."""
     work = tmp_path_factory.mktemp("new-term")
     subprocess.run(create_data_disk_command(work / "home.qcow2", "4G"), check=True)
-    image = build_image(write_profile(work, "term1"))
     with booted(image, work / "home.qcow2", work / "boot1", ["teacher"],
                 [STUDENT, "student2"]) as guest:
         facts = home_facts(guest)
