@@ -153,8 +153,8 @@ def render_domain_xml(*, name: str, pool: str, volume: str, resources: VmResourc
     features = ET.SubElement(dom, "features")
     ET.SubElement(features, "acpi")
     ET.SubElement(features, "apic")
-    if dom_type == "kvm":
-        ET.SubElement(dom, "cpu", {"mode": "host-passthrough"})
+    # Never libvirt's default model for TCG (qemu64): NumPy 2 needs SSE4.2 and POPCNT.
+    ET.SubElement(dom, "cpu", {"mode": "host-passthrough" if dom_type == "kvm" else "maximum"})
     ET.SubElement(dom, "clock", {"offset": "utc"})
     devices = ET.SubElement(dom, "devices")
     disk = ET.SubElement(devices, "disk", {"type": "volume", "device": "disk"})

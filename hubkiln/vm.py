@@ -83,12 +83,20 @@ def netdev_arg(forwards: dict[int, int], restrict: bool) -> str:
     return ",".join(parts)
 
 
+def cpu_model(accelerator: str) -> str:
+    """The guest CPU model for `accelerator` (pure): the host's own CPU under KVM, every
+    feature TCG can emulate otherwise. qemu's default model (qemu64) lacks SSE4.2 and
+    POPCNT, and NumPy 2 dies on it with "invalid opcode" at import."""
+    return "host" if accelerator == "kvm" else "max"
+
+
 def qemu_command(spec: VmSpec) -> list[str]:
     """The qemu command line that boots `spec` (pure)."""
     snapshot = ",snapshot=on" if spec.snapshot else ""
     cmd = [
         "qemu-system-x86_64", "-name", "hubkiln", "-machine", "q35",
-        "-accel", spec.accelerator, "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
+        "-accel", spec.accelerator, "-cpu", cpu_model(spec.accelerator),
+        "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
         "-display", "none", "-monitor", "none", "-serial", f"file:{spec.serial_log}",
         "-drive", f"file={spec.image},if=virtio,format=qcow2,discard=unmap{snapshot}",
         "-netdev", netdev_arg(spec.forwards, spec.restrict_network),

@@ -391,10 +391,15 @@ class WebSocket:
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.sock.sendall(head + mask + masked)
 
-    def receive_text(self) -> str:
-        """The next complete text (or binary) message; answers pings on the way."""
+    def receive_text(self, deadline: float | None = None) -> str:
+        """The next complete text (or binary) message; answers pings on the way.
+
+        `deadline` (time.monotonic()) holds across pings: a server that only pings
+        never makes the wait endless."""
         message = b""
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("no message before the deadline (only pings arrived)")
             first, second = self._read_exact(2)
             opcode, length = first & 0x0F, second & 0x7F
             if length == 126:
@@ -470,10 +475,18 @@ class Kernel:
         self.ws.sock.settimeout(timeout)
         while not (replied and idle):
             assert time.monotonic() < deadline, f"the cell did not finish within {timeout:.0f}s"
-            message = json.loads(self.ws.receive_text())
+            try:
+                message = json.loads(self.ws.receive_text(deadline))
+            except TimeoutError:
+                raise AssertionError(f"the cell did not finish within {timeout:.0f}s") from None
+            kind, content = message.get("msg_type"), message.get("content", {})
+            if kind == "status" and content.get("execution_state") in ("restarting", "dead"):
+                raise AssertionError(
+                    f"the kernel died while running the cell (it is "
+                    f"{content['execution_state']}): look for a crash or an OOM kill in the "
+                    f"student's journal")
             if message.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
-            kind, content = message["msg_type"], message["content"]
             if kind == "stream" and content.get("name") == "stdout":
                 stdout.append(content["text"])
             elif kind == "error":

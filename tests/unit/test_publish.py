@@ -66,9 +66,9 @@ def test_domain_is_q35_with_virtio_and_a_logged_serial_console():
     assert dom.find("devices/console/target").get("type") == "serial"
 
 
-def test_bios_domain_has_no_loader_and_tcg_no_host_cpu():
+def test_bios_domain_has_no_loader_and_tcg_emulates_every_cpu_feature():
     dom = domain()
-    assert dom.find("os/loader") is None and dom.find("cpu") is None
+    assert dom.find("os/loader") is None and dom.find("cpu").get("mode") == "maximum"
 
 
 def test_uefi_domain_uses_ovmf_without_secure_boot():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.vm import VmSpec, netdev_arg, qemu_command, ssh_command
+from hubkiln.vm import VmSpec, cpu_model, netdev_arg, qemu_command, ssh_command
 
 
 def spec(**kw) -> VmSpec:
@@ -28,6 +28,14 @@ def test_boot_is_on_a_snapshot_with_the_seed_and_the_chosen_accelerator():
     drives = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]
     assert drives[0].startswith("file=/i.qcow2,") and drives[0].endswith(",snapshot=on")
     assert drives[1] == "file=/s.iso,if=virtio,format=raw,readonly=on"
+
+
+def test_the_guest_cpu_has_the_features_numpy_needs():
+    """qemu64, the default, lacks SSE4.2/POPCNT: NumPy 2 dies with an invalid opcode."""
+    assert cpu_model("kvm") == "host" and cpu_model("tcg") == "max"
+    for accelerator in ("kvm", "tcg"):
+        cmd = qemu_command(spec(accelerator=accelerator))
+        assert cmd[cmd.index("-cpu") + 1] == cpu_model(accelerator)
 
 
 def test_uefi_needs_writable_vars():
