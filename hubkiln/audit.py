@@ -29,6 +29,10 @@ from typing import Any
 
 #: Where Lynis writes its machine-readable report.
 LYNIS_REPORT = "/var/log/lynis-report.dat"
+#: The transient unit that runs Lynis in the background of a validation run.
+LYNIS_UNIT = "hubkiln-test-lynis.service"
+#: The audit, as run in the guest (root).
+LYNIS_AUDIT = f"lynis audit system --no-colors --quick --quiet --report-file {LYNIS_REPORT}"
 #: Everything a host needs to trust the intercepting proxy in front of the registries.
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -45,6 +49,18 @@ LIST_DISTRIBUTIONS = (
 
 
 # ------------------------------------------------------------------ Lynis
+
+
+def lynis_background_command() -> str:
+    """Start the audit in the guest as a transient unit, niced, without waiting (pure).
+
+    Under emulation Lynis takes 15-25 min; started when SSH first answers, it runs
+    beside the other image tests, and tests/image/test_lynis.py waits for the unit.
+    RemainAfterExit keeps the unit (and so its state) after Lynis ends. Nothing is
+    started when the image has no Lynis."""
+    return (f"sudo -n sh -c 'command -v lynis >/dev/null || exit 0; "
+            f"systemd-run --quiet --unit={LYNIS_UNIT} --remain-after-exit "
+            f"--property=Nice=10 {LYNIS_AUDIT}'")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from . import accel, artifacts, launch, seed
+from . import accel, artifacts, audit, launch, seed
 from .errors import BuildError
 from .profile import PROJECT_DIR, Profile, parse_size
 from .progress import Progress
@@ -171,6 +171,8 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
         with Vm(spec) as vm:
             waited = vm.wait_for_ssh(TEST_ADMIN, key, timeout=boot_timeout)
             progress.detail(f"SSH answered after {waited:.0f}s; running tests/image")
+            # The slowest test, Lynis, starts now and runs beside the others.
+            vm.ssh(TEST_ADMIN, key, audit.lynis_background_command(), check=False, timeout=60)
             env = {
                 **os.environ,
                 "HUBKILN_TEST_PROFILE": str(profile.path),

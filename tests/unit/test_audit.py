@@ -7,6 +7,9 @@ from pathlib import Path
 
 from hubkiln.audit import (
     HOST_CA_BUNDLE,
+    LYNIS_REPORT,
+    LYNIS_UNIT,
+    lynis_background_command,
     lynis_problems,
     lynis_summary,
     nothing_audited,
@@ -145,3 +148,11 @@ def test_pip_audit_command_needs_no_resolver_nor_pip_and_trusts_the_host_bundle(
     assert argv[argv.index("--format") + 1] == "json"
     assert pip_audit_environment({"PATH": "/bin"}) == {"PATH": "/bin",
                                                        "REQUESTS_CA_BUNDLE": HOST_CA_BUNDLE}
+
+
+def test_lynis_starts_in_the_background_as_a_unit_that_stays_to_be_waited_for():
+    command = lynis_background_command()
+    assert command.startswith("sudo -n sh -c '") and command.endswith("'")
+    assert f"--unit={LYNIS_UNIT}" in command and "--remain-after-exit" in command
+    assert f"--report-file {LYNIS_REPORT}" in command
+    assert "command -v lynis >/dev/null || exit 0" in command  # no Lynis: nothing starts
