@@ -32,6 +32,7 @@ from . import artifacts
 from .errors import HubkilnError, PreflightError
 from .formats import VmResources
 from .proc import run
+from .vm import TCG_CPU_MODEL
 
 LIBVIRT_URI = "qemu:///system"
 DEFAULT_POOL_DIR = Path("/var/lib/libvirt/images")
@@ -154,7 +155,11 @@ def render_domain_xml(*, name: str, pool: str, volume: str, resources: VmResourc
     ET.SubElement(features, "acpi")
     ET.SubElement(features, "apic")
     # Never libvirt's default model for TCG (qemu64): NumPy 2 needs SSE4.2 and POPCNT.
-    ET.SubElement(dom, "cpu", {"mode": "host-passthrough" if dom_type == "kvm" else "maximum"})
+    if dom_type == "kvm":
+        ET.SubElement(dom, "cpu", {"mode": "host-passthrough"})
+    else:
+        cpu = ET.SubElement(dom, "cpu", {"mode": "custom", "match": "exact"})
+        ET.SubElement(cpu, "model", {"fallback": "forbid"}).text = TCG_CPU_MODEL
     ET.SubElement(dom, "clock", {"offset": "utc"})
     devices = ET.SubElement(dom, "devices")
     disk = ET.SubElement(devices, "disk", {"type": "volume", "device": "disk"})

@@ -74,6 +74,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: The guest CPU under TCG: x86-64-v2 (SSE4.2, POPCNT), what NumPy 2 needs.
+TCG_CPU_MODEL = "Nehalem"
+
+
 def netdev_arg(forwards: dict[int, int], restrict: bool) -> str:
     """qemu user-network options: forwards bound to 127.0.0.1, optionally restricted."""
     parts = ["user", "id=net0"]
@@ -84,10 +88,12 @@ def netdev_arg(forwards: dict[int, int], restrict: bool) -> str:
 
 
 def cpu_model(accelerator: str) -> str:
-    """The guest CPU model for `accelerator` (pure): the host's own CPU under KVM, every
-    feature TCG can emulate otherwise. qemu's default model (qemu64) lacks SSE4.2 and
-    POPCNT, and NumPy 2 dies on it with "invalid opcode" at import."""
-    return "host" if accelerator == "kvm" else "max"
+    """The guest CPU model for `accelerator` (pure): the host's own CPU under KVM;
+    under TCG, Nehalem, the x86-64-v2 level. qemu's default (qemu64) lacks SSE4.2
+    and POPCNT, and NumPy 2 dies on it with "invalid opcode" at import; `max`
+    turns on 5-level paging and more, and a guest kernel double-faulted under it
+    (qemu 7.2, measured here)."""
+    return "host" if accelerator == "kvm" else TCG_CPU_MODEL
 
 
 def qemu_command(spec: VmSpec) -> list[str]:

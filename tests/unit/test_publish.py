@@ -68,7 +68,8 @@ def test_domain_is_q35_with_virtio_and_a_logged_serial_console():
 
 def test_bios_domain_has_no_loader_and_tcg_emulates_every_cpu_feature():
     dom = domain()
-    assert dom.find("os/loader") is None and dom.find("cpu").get("mode") == "maximum"
+    assert dom.find("os/loader") is None and dom.find("cpu").get("mode") == "custom"
+    assert dom.findtext("cpu/model") == "Nehalem"
 
 
 def test_uefi_domain_uses_ovmf_without_secure_boot():
