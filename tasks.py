@@ -95,13 +95,14 @@ def clean(c, all=False):
         print(f"removed {path}")
 
 
-@task(help={"fast": "Run only the unit tests and linters (no VM boots)."})
-def check(c, fast=False):
+@task(help={"fast": "Run only the unit tests and linters (no VM boots).",
+            "slow": "Also run the tests marked slow (the new-term test)."})
+def check(c, fast=False, slow=False):
     """Run the test suite: unit tests and linters first, then the end-to-end image build."""
     pytest = f"{sys.executable} -m pytest"
     c.run(f"{pytest} -m 'not vm'", pty=False)
     if not fast:
-        c.run(f"{pytest} -m vm", pty=False)
+        c.run(f"{pytest} -m 'vm{'' if slow else ' and not slow'}'", pty=False)
 
 
 LAUNCH_HELP = "Launch settings (YAML, see docs/launch.md), like examples/launch.yaml."
