@@ -68,15 +68,18 @@ def build(c, profile="optimization", accel=None, verbose=False, skip_validation=
     "accel": "qemu accelerator: `kvm`, `tcg` or `auto` (default: detect).",
     "faults": "Also run the fault tests (memory hog, fork bomb, full disk, hostile logins, "
     "killed hub and proxy) and the reboot, last.",
+    "select": "Run only the image tests matching this pytest -k expression (like "
+    "`faults or restarts`); such a partial run is not recorded in manifest.json.",
 })
 @reports_errors
-def test(c, profile="optimization", image=None, accel=None, faults=False):
+def test(c, profile="optimization", image=None, accel=None, faults=False, select=None):
     """Boot a built image fresh on a snapshot and validate it with tests/image (testinfra)."""
     if faults:
         os.environ["HUBKILN_TEST_FAULTS"] = "1"  # read by tests/image/conftest.py
-    record = actions.test_image(profile, image=image, accelerator=accel)
+    record = actions.test_image(profile, image=image, accelerator=accel, select=select)
+    partial = f" (only tests matching {select!r}; not recorded)" if select else ""
     print(f"validation passed: {record['passed']} passed, {record['skipped']} skipped "
-          f"in {record['seconds']}s")
+          f"in {record['seconds']}s{partial}")
 
 
 @task

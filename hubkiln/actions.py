@@ -101,8 +101,12 @@ def build(profile_ref: str, *, accelerator: str | None, verbose: bool,
     return build_module.build(profile_ref, accelerator=accelerator, validate=validate_image)
 
 
-def test_image(profile_ref: str, *, image: str | None, accelerator: str | None) -> dict:
-    """Boot a built image fresh and run tests/image against it; record the outcome."""
+def test_image(profile_ref: str, *, image: str | None, accelerator: str | None,
+               select: str | None = None) -> dict:
+    """Boot a built image fresh and run tests/image against it; record the outcome.
+
+    `select` (a pytest -k expression) runs only some tests: such a partial run is never
+    recorded in manifest.json, which speaks for the whole suite."""
     from . import artifacts, imagetest
     from .render import output_dir
 
@@ -117,8 +121,9 @@ def test_image(profile_ref: str, *, image: str | None, accelerator: str | None) 
     else:
         path = Path(image)
     with chroot.sigterm_raises():  # SIGTERM powers the test VM off like Ctrl-C
-        record = imagetest.validate_image(profile, path, accelerator=accelerator)
-    if image is None:
+        record = imagetest.validate_image(profile, path, accelerator=accelerator,
+                                          pytest_args=["-k", select] if select else None)
+    if image is None and not select:
         imagetest.record_validation(out, record)
     if record["status"] != "passed":
         raise BuildError(imagetest.failure_message(record),

@@ -4,8 +4,8 @@ Everything here needs a running guest and is skipped otherwise (so that the
 fast suite, which collects every folder, never checks the build host):
 - tests using `host` need `--hosts=ssh://USER@127.0.0.1:PORT` (USER with sudo);
 - tests using `https_url` also need HUBKILN_TEST_HTTPS_PORT (the guest's 443).
-See tests/image/README.md for the invocation and tests/image/boot_vm.py for a
-runner that boots an image and runs them.
+See tests/image/README.md for the invocation; `invoke test` boots an image and
+runs them (hubkiln/imagetest.py).
 
 Limits: the tests read what the image should do from the image itself (its
 merged hub settings and /etc/hubkiln/launch.yaml), so a profile that disables a
@@ -111,6 +111,16 @@ def wait_for_hub(host: Any) -> None:
                 + unit_journal(host, "jupyterhub.service"))
 
 
+def start_lynis_if_selected(session: pytest.Session, host: Any) -> None:
+    """Start the Lynis audit in the background when test_lynis.py is among the selected
+    tests: under TCG it takes 15-25 min, so it runs beside the other tests from the
+    first guest command on, and test_lynis.py waits for its unit."""
+    if any(os.path.basename(str(item.fspath)) == "test_lynis.py" for item in session.items):
+        from hubkiln.audit import lynis_background_command
+
+        host.run(lynis_background_command())
+
+
 @pytest.fixture(autouse=True)
 def _as_root(request: pytest.FixtureRequest):
     """Every `host` test runs its guest commands as root, once the hub is up."""
@@ -118,6 +128,8 @@ def _as_root(request: pytest.FixtureRequest):
         yield
         return
     host = request.getfixturevalue("host")
+    if id(host) not in _READY_HOSTS:
+        start_lynis_if_selected(request.session, host)
     with as_root(host):
         if id(host) not in _READY_HOSTS:
             wait_for_hub(host)

@@ -54,8 +54,8 @@ def hardening(host: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def lynis(host: Any, hardening: dict[str, Any]):
-    """The report of the audit: the one `invoke test` started in the background when SSH
-    first answered (LYNIS_UNIT), waited for; else a run of its own."""
+    """The report of the audit: the one conftest started in the background at the first
+    guest command (LYNIS_UNIT), waited for; else a run of its own."""
     with host.sudo():
         assert host.exists("lynis"), "lynis is not installed in the image"
         load = host.run(f"systemctl show -P LoadState {LYNIS_UNIT}").stdout.strip()

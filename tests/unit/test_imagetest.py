@@ -11,6 +11,7 @@ from hubkiln.imagetest import (
     pytest_command,
     read_reports,
     record_validation,
+    render_ssh_config,
     validation_launch_document,
     validation_memory_mib,
 )
@@ -76,3 +77,13 @@ def test_reports_are_collected_and_a_bad_one_is_named(tmp_path):
 
 def test_validation_guest_has_room_beyond_one_students_memory_limit():
     assert validation_memory_mib(load_profile("ci")) == 2048 + 1536
+
+
+def test_ssh_config_shares_one_connection_and_trusts_no_host_key(tmp_path):
+    config = render_ssh_config(tmp_path / "control")
+    options = dict(line.strip().split(" ", 1) for line in config.splitlines()[1:])
+    # testinfra passes ControlMaster=auto itself; the path is what turns sharing on.
+    assert options["ControlPath"] == f"{tmp_path}/control/%C"
+    assert options["StrictHostKeyChecking"] == "no"
+    assert options["UserKnownHostsFile"] == "/dev/null"
+    assert int(options["ConnectTimeout"]) > 0 and int(options["ServerAliveInterval"]) > 0
