@@ -1,4 +1,5 @@
-"""The ci profile builds from scratch into a checksummed image that boots to SSH."""
+"""The ci profile builds from scratch into a checksummed, listed image (its boots under
+SeaBIOS and UEFI: test_instances.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,6 @@ import pytest
 from hubkiln import artifacts
 from hubkiln.profile import parse_size
 from hubkiln.render import output_dir
-from hubkiln.seed import (
-    build_user_data,
-    make_seed_iso,
-    make_ssh_key,
-    render_meta_data,
-    render_user_data,
-    write_seed_dir,
-)
-from hubkiln.vm import Vm, VmSpec, free_port
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 
@@ -43,22 +35,3 @@ def test_manifest_lists_packages_and_timings(built):
     assert "configurable-http-proxy" in built["packages"]["npm"]
     for stage in ("render", "rootfs", "envs", "config", "disk", "bake"):
         assert stage in built["timings_seconds"]
-
-
-# SeaBIOS: the build's validation stage (`built`) boots the image that way already.
-@pytest.mark.parametrize("firmware", ["uefi"])
-def test_image_boots_to_ssh_with_a_nocloud_key(image, accelerator, tmp_path, firmware):
-    key = tmp_path / "key"
-    public = make_ssh_key(key, "hubkiln-e2e")
-    folder = write_seed_dir(tmp_path / "seed",
-                            render_user_data(build_user_data("tester", public)),
-                            render_meta_data("hubkiln-e2e"))
-    iso = make_seed_iso(folder, tmp_path / "seed.iso")
-    spec = VmSpec(image=image, seed_iso=iso, serial_log=tmp_path / "serial.log",
-                  accelerator=accelerator, forwards={22: free_port()}, firmware=firmware,
-                  uefi_vars=tmp_path / "vars.fd")
-    with Vm(spec) as vm:
-        vm.wait_for_ssh("tester", key, timeout=600)
-        result = vm.ssh("tester", key, "cat /etc/os-release; ls /opt/hubkiln")
-        assert "Ubuntu 24.04" in result.stdout
-        assert {"hub", "user"} <= set(result.stdout.split())
