@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,23 @@ def publish(staging: Path, dest: Path) -> list[Path]:
         if old["name"] not in keep:
             (dest / old["name"]).unlink(missing_ok=True)
     return [dest / n for n in ordered]
+
+
+def source_revision(project: Path) -> dict[str, Any] | None:
+    """The hubkiln commit an image was built from, and whether the checkout had changes
+    (`dirty`): so that an image can be traced to its code. None outside a git checkout."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(project), *args], capture_output=True,
+                              text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "--verify", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0 or status.returncode != 0:
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:

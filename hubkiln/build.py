@@ -36,7 +36,7 @@ from . import (
 from .errors import BuildError
 from .preflight import check_host_tools
 from .proc import run
-from .profile import Profile, load_profile, parse_size
+from .profile import PROJECT_DIR, Profile, load_profile, parse_size
 from .progress import Progress
 from .provision import (
     CONTENT_STAGING,
@@ -358,6 +358,7 @@ def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: d
             "profile": profile.name,
             "description": profile["description"],
             "hubkiln_version": __version__,
+            "source": artifacts.source_revision(PROJECT_DIR),
             "built_at": started.isoformat(timespec="seconds"),
             "os": {"id": profile["base"]["os"], "pretty_name": release.get("PRETTY_NAME", ""),
                    "kernel": kernel},

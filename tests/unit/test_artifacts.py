@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 from hubkiln import artifacts
 
@@ -73,3 +74,22 @@ def test_publish_moves_everything_and_drops_the_previous_image(tmp_path):
 def test_image_stem_prefers_the_version():
     assert artifacts.image_stem("ci", "", "20261125") == "hubkiln-ci-20261125"
     assert artifacts.image_stem("ci", "2026-fall", "20261125") == "hubkiln-ci-2026-fall"
+
+
+def test_source_revision_names_the_commit_and_local_changes(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    assert artifacts.source_revision(tmp_path) is None  # not a checkout yet
+    git("init", "-q")
+    (tmp_path / "tasks.py").write_text("one\n")
+    git("add", "tasks.py")
+    git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "one")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    assert artifacts.source_revision(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "tasks.py").write_text("two\n")
+    assert artifacts.source_revision(tmp_path) == {"commit": head, "dirty": True}
+    (tmp_path / "scratch.txt").write_text("untracked files do not count\n")
+    (tmp_path / "tasks.py").write_text("one\n")
+    assert artifacts.source_revision(tmp_path)["dirty"] is False
