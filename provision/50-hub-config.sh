@@ -81,6 +81,9 @@ for unit in "${UNITS[@]}"; do
     install -m 0644 -o root -g root "$SRC/systemd/$unit" "/etc/systemd/system/$unit"
 done
 systemctl enable "${UNITS[@]}"
+announce "installing hubkiln-students.slice (students' servers; started with the first one)"
+install -m 0644 -o root -g root "$SRC/systemd/hubkiln-students.slice" \
+    /etc/systemd/system/hubkiln-students.slice
 
 announce "checking the baked settings"
 "$HUB_PY" -m hubkiln_hub check-baked "$ETC/hub.d" >/dev/null

@@ -53,6 +53,15 @@ def test_server_unit_has_the_limits(host, student, settings):
     assert int(tasks) == limits["tasks"]
 
 
+def test_servers_run_in_the_students_slice_below_the_hub(host, student):
+    assert host.run(f"systemctl show -P Slice {unit_of(student)}").stdout.strip() == (
+        "hubkiln-students.slice")
+    students = int(host.run("systemctl show -P CPUWeight hubkiln-students.slice").stdout)
+    system = host.run("systemctl show -P CPUWeight system.slice").stdout.strip()
+    hub = 100 if system in ("[not set]", "") else int(system)  # the kernel's default
+    assert students < hub
+
+
 @pytest.mark.parametrize(("prop", "expected"), [
     ("PrivateTmp", "yes"),
     ("PrivateDevices", "yes"),

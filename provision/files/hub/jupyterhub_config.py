@@ -133,6 +133,8 @@ c.Spawner.http_timeout = 300
 c.SystemdSpawner.dynamic_users = False
 c.SystemdSpawner.username_template = "{USERNAME}"
 c.SystemdSpawner.unit_name_template = "jupyter-{USERNAME}-singleuser"
+# A lower CPU weight than the hub's (provision/files/systemd/hubkiln-students.slice).
+c.SystemdSpawner.slice = "hubkiln-students.slice"
 c.SystemdSpawner.default_shell = "/bin/bash"
 c.SystemdSpawner.extra_paths = [f"{USER_ENV}/bin"]
 c.SystemdSpawner.isolate_tmp = True
