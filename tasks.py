@@ -52,11 +52,16 @@ def validate(c, profile="optimization"):
         "accel": "qemu accelerator: `kvm`, `tcg` or `auto` (default: detect; env HUBKILN_ACCEL).",
         "verbose": "Stream every stage's full log to the terminal.",
         "skip_validation": "Do not boot and test the image (it is then marked not validated).",
+        "faults": "Validation also runs the fault tests and the reboot (about 8 min under "
+        "TCG, mostly while the Lynis audit runs anyway).",
     },
 )
 @reports_errors
-def build(c, profile="optimization", accel=None, verbose=False, skip_validation=False):
+def build(c, profile="optimization", accel=None, verbose=False, skip_validation=False,
+          faults=False):
     """Bake and validate the profile's image: rootfs → disk → bake → outputs → validation."""
+    if faults:
+        os.environ["HUBKILN_TEST_FAULTS"] = "1"  # read by tests/image/conftest.py
     manifest = actions.build(profile, accelerator=accel, verbose=verbose,
                              validate_image=not skip_validation)
     print(f"built {manifest['files'][0]['name']} in output/{manifest['profile']}/")

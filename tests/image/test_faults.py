@@ -142,6 +142,9 @@ def test_one_full_home_does_not_stop_the_others(host, student, other, open_kerne
         fresh = hub_client()
         status, _, text = login_form(fresh, other.name, student_password)
         assert status == 302, f"{other.name} cannot log in with a full disk: HTTP {status}"
+        # The browser's way in: the server logs the client in through the hub's OAuth.
+        status, _, text, _ = fresh.get(f"/user/{other.name}/lab")
+        assert status == 200, f"{other.name} cannot open JupyterLab with a full disk: {text[:300]}"
         status, _, text, _ = fresh.get(f"/user/{other.name}/api/status")
         assert status == 200, f"{other.name} cannot use the hub with a full disk: {text[:300]}"
         check = host.run(f"{HUB_PY} -c \"import sqlite3; print(sqlite3.connect('{HUB_DB}')"

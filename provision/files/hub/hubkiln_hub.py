@@ -18,7 +18,7 @@ Command line (for the build and for admins):
     python -m hubkiln_hub check [DIR]       check the drop-ins, print the merged settings
     python -m hubkiln_hub check-baked [DIR] the same without the checks that need launch settings
     python -m hubkiln_hub profile-yaml      JSON on stdin -> checked 00-profile.yaml on stdout
-    python -m hubkiln_hub caddyfile MODE    print the front config (self-signed, for the build check)
+    python -m hubkiln_hub caddyfile MODE    print the front config (self-signed: build check)
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 #: Hub user names in general: lower case, no spaces or slashes (OAuth names may be e-mails).
 HUB_NAME = re.compile(r"[a-z0-9_][a-z0-9._@+-]{0,99}")
 SIZE = re.compile(r"[0-9]+(\.[0-9]+)?[KMGT]")
-DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
-HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+DOMAIN = re.compile(rf"(?=.{{1,253}}\Z)({LABEL}\.)+[a-z][a-z0-9-]{{0,61}}[a-z0-9]")
+HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){LABEL}(\.{LABEL})*")
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 URL = re.compile(r"https?://[^\s]+")
 SSH_KEY = re.compile(
@@ -200,7 +201,8 @@ LAUNCH_SPEC: dict[str, Any] = {
     "domain": HUB_SPEC["domain"],
     "admins": names,
     "users": names,
-    "ssh_authorized_keys": list_of(matches(SSH_KEY, "one public key line like 'ssh-ed25519 AAAA... me'")),
+    "ssh_authorized_keys": list_of(
+        matches(SSH_KEY, "one public key line like 'ssh-ed25519 AAAA... me'")),
     "oauth": Nullable(OAUTH_SPEC),
     "tls": Nullable({"certificate": pem("CERTIFICATE", "CERTIFICATE"),
                      "key": pem("PRIVATE KEY", "[A-Z ]*PRIVATE KEY")}),
