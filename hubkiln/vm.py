@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -108,6 +109,9 @@ def qemu_command(spec: VmSpec) -> list[str]:
         "-netdev", netdev_arg(spec.forwards, spec.restrict_network),
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
+        # A guest kernel panic ends qemu (the guest's pvpanic driver tells it), instead
+        # of leaving a dead guest that every test waits on until its timeout.
+        "-device", "pvpanic-pci", "-action", "panic=exit-failure",
     ]
     if spec.data_disk:
         cmd += data_disk_args(spec.data_disk)
@@ -123,6 +127,24 @@ def qemu_command(spec: VmSpec) -> list[str]:
             "-drive", f"if=pflash,format=raw,file={spec.uefi_vars}",
         ]
     return cmd
+
+
+PANIC_MARK = "Kernel panic - not syncing"
+#: The first line of a kernel oops or BUG, which says what went wrong.
+OOPS_LINE = re.compile(r"\] ((?:\S+: \d{4} \[#\d+\]|BUG: |kernel BUG |general protection).*)")
+
+
+def find_kernel_panic(console: str) -> str | None:
+    """What a guest kernel panic on the serial console says, in one line: the oops that
+    led to it and the panic's reason; None when the kernel did not panic (pure)."""
+    lines = console.splitlines()
+    panic = next((i for i, line in enumerate(lines) if PANIC_MARK in line), None)
+    if panic is None:
+        return None
+    reason = lines[panic][lines[panic].index(PANIC_MARK):].strip()
+    oops = next((m.group(1).strip() for line in lines[:panic]
+                 if (m := OOPS_LINE.search(line))), None)
+    return f"{oops}; {reason}" if oops else reason
 
 
 def ssh_command(port: int, user: str, key: Path, command: str, *, timeout: int = 10) -> list[str]:
@@ -161,6 +183,13 @@ class Vm:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def kernel_panic(self) -> str | None:
+        """The guest kernel's panic, as its console showed it (find_kernel_panic)."""
+        try:
+            return find_kernel_panic(self.spec.serial_log.read_text(errors="replace"))
+        except FileNotFoundError:
+            return None
 
     def serial_tail(self, lines: int = 25) -> str:
         try:

@@ -87,3 +87,45 @@ def test_ssh_config_shares_one_connection_and_trusts_no_host_key(tmp_path):
     assert options["StrictHostKeyChecking"] == "no"
     assert options["UserKnownHostsFile"] == "/dev/null"
     assert int(options["ConnectTimeout"]) > 0 and int(options["ServerAliveInterval"]) > 0
+
+
+def fake_runs(monkeypatch, accelerator: str, *outcomes: dict) -> list[dict]:
+    """Make validate_image see `outcomes`, one per boot, under `accelerator`."""
+    from hubkiln import accel, imagetest
+
+    runs = list(outcomes)
+    booted: list[dict] = []
+    monkeypatch.setattr(accel, "choose_accelerator",
+                        lambda name=None: accel.AccelChoice(accelerator, "test"))
+
+    def once(*args, **kwargs):
+        booted.append(runs[len(booted)])
+        return dict(booted[-1])
+
+    monkeypatch.setattr(imagetest, "validate_once", once)
+    return booted
+
+
+PASSED = {"status": "passed", "failed": 0, "failures": []}
+PANICKED = {"status": "failed", "failed": 3, "failures": ["t1"], "guest_panic": "int3; panic"}
+
+
+def test_a_guest_panic_under_tcg_boots_the_image_again(monkeypatch):
+    from hubkiln.imagetest import validate_image
+
+    booted = fake_runs(monkeypatch, "tcg", PANICKED, PASSED)
+    record = validate_image(load_profile("ci"), Path("/i.qcow2"))
+    assert len(booted) == 2
+    assert record["status"] == "passed" and record["guest_panics"] == ["int3; panic"]
+
+
+def test_a_second_panic_or_one_under_kvm_fails_validation(monkeypatch):
+    from hubkiln.imagetest import failure_message, validate_image
+
+    for accelerator, outcomes in (("tcg", (PANICKED, PANICKED)), ("kvm", (PANICKED,))):
+        booted = fake_runs(monkeypatch, accelerator, *outcomes)
+        record = validate_image(load_profile("ci"), Path("/i.qcow2"))
+        assert len(booted) == len(outcomes)
+        assert record["status"] == "failed"
+        assert record["failures"][0] == "guest kernel panic: int3; panic"
+        assert "guest kernel panic" in failure_message(record)

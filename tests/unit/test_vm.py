@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.vm import VmSpec, cpu_model, netdev_arg, qemu_command, ssh_command
+from hubkiln.vm import (
+    VmSpec,
+    cpu_model,
+    find_kernel_panic,
+    netdev_arg,
+    qemu_command,
+    ssh_command,
+)
 
 
 def spec(**kw) -> VmSpec:
@@ -49,3 +56,30 @@ def test_ssh_targets_the_forwarded_localhost_port():
     cmd = ssh_command(2222, "u", Path("/k"), "true")
     assert cmd[-2:] == ["u@127.0.0.1", "true"]
     assert cmd[cmd.index("-p") + 1] == "2222"
+
+
+def test_a_guest_kernel_panic_ends_qemu():
+    cmd = qemu_command(spec())
+    assert cmd[cmd.index("pvpanic-pci") - 1] == "-device"
+    assert cmd[cmd.index("-action") + 1] == "panic=exit-failure"
+
+
+#: The console of a validation guest that crashed under TCG (session 4), shortened.
+PANIC_CONSOLE = """\
+[  132.798489] cloud-init[716]: Cloud-init v. 26.2 finished at Thu, 26 Nov 2026 07:29:15 +0000.
+[  204.742050] int3: 0000 [#1] PREEMPT SMP PTI
+[  204.743325] CPU: 0 PID: 214 Comm: systemd-journal Not tainted 6.8.0-151-generic #151-Ubuntu
+[  204.743485] RIP: 0010:check_cfs_rq_runtime+0x6/0x70
+[  204.747546] RIP: 0010:check_cfs_rq_runtime+0x6/0x70
+[  204.747743] Kernel panic - not syncing: Fatal exception in interrupt
+[  206.751537] ---[ end Kernel panic - not syncing: Fatal exception in interrupt ]---
+"""
+
+
+def test_a_kernel_panic_is_told_in_one_line_with_its_oops():
+    assert find_kernel_panic(PANIC_CONSOLE) == (
+        "int3: 0000 [#1] PREEMPT SMP PTI; Kernel panic - not syncing: Fatal exception in "
+        "interrupt")
+    assert find_kernel_panic("[    1.0] Kernel panic - not syncing: VFS: Unable to mount root"
+                             ) == "Kernel panic - not syncing: VFS: Unable to mount root"
+    assert find_kernel_panic(PANIC_CONSOLE.split("[  204.742050]")[0]) is None
