@@ -571,6 +571,13 @@ def form_login(client: HubClient, name: str, password: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def login_and_start():
+    """login_and_start(client, name, password) -> a StudentSession: the login form, then
+    the wait until the student's server is ready (login_and_spawn)."""
+    return login_and_spawn
+
+
+@pytest.fixture(scope="session")
 def login_form():
     """login_form(client, name, password) -> (status, headers, text) of the form's POST."""
     return post_login
