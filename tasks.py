@@ -54,16 +54,18 @@ def validate(c, profile="optimization"):
         "skip_validation": "Do not boot and test the image (it is then marked not validated).",
         "faults": "Validation also runs the fault tests and the reboot (about 8 min under "
         "TCG, mostly while the Lynis audit runs anyway).",
+        "engine": "Which machines prove the image: `auto` (default), `vm` or `container` "
+        "(see `invoke test --help`).",
     },
 )
 @reports_errors
 def build(c, profile="optimization", accel=None, verbose=False, skip_validation=False,
-          faults=False):
+          faults=False, engine="auto"):
     """Bake and validate the profile's image: rootfs → disk → bake → outputs → validation."""
     if faults:
         os.environ["HUBKILN_TEST_FAULTS"] = "1"  # read by tests/image/conftest.py
     manifest = actions.build(profile, accelerator=accel, verbose=verbose,
-                             validate_image=not skip_validation)
+                             validate_image=not skip_validation, engine=engine)
     print(f"built {manifest['files'][0]['name']} in output/{manifest['profile']}/")
 
 
@@ -75,16 +77,26 @@ def build(c, profile="optimization", accel=None, verbose=False, skip_validation=
     "killed hub and proxy) and the reboot, last.",
     "select": "Run only the image tests matching this pytest -k expression (like "
     "`faults or restarts`); such a partial run is not recorded in manifest.json.",
+    "engine": "`auto` (default: the VM under KVM; under emulation the container for the "
+    "user-space tests and the VM for what needs the image's kernel, boot and firewall), "
+    "`vm` (every test in the VM) or `container` (systemd-nspawn only, at native speed; "
+    "the tests that need the VM are not run, and the run is not recorded).",
 })
 @reports_errors
-def test(c, profile="optimization", image=None, accel=None, faults=False, select=None):
+def test(c, profile="optimization", image=None, accel=None, faults=False, select=None,
+         engine="auto"):
     """Boot a built image fresh on a snapshot and validate it with tests/image (testinfra)."""
     if faults:
         os.environ["HUBKILN_TEST_FAULTS"] = "1"  # read by tests/image/conftest.py
-    record = actions.test_image(profile, image=image, accelerator=accel, select=select)
+    record = actions.test_image(profile, image=image, accelerator=accel, select=select,
+                                engine=engine)
     partial = f" (only tests matching {select!r}; not recorded)" if select else ""
+    if record.get("not_run"):
+        partial += f"; not run: {record['not_run']} (not recorded)"
+    engines = ", ".join(f"{name}: {run['passed']} passed" for name, run in
+                        record.get("engines", {}).items())
     print(f"validation passed: {record['passed']} passed, {record['skipped']} skipped "
-          f"in {record['seconds']}s{partial}")
+          f"in {record['seconds']}s ({engines}){partial}")
 
 
 @task

@@ -1,10 +1,15 @@
-"""What a build leaves in `output/<profile>/`: image, checksums, manifest; written atomically.
+"""What a build leaves in `output/<profile>/`: image, checksums, manifest; and how it gets there.
 
 The inventory (every apt, pip and npm package with its version) is read from
-the provisioned tree's own files, without running anything inside it. The
-outputs are prepared in a hidden staging folder inside `output/<profile>/`
-and moved into place only when complete, `manifest.json` last, so an
-interrupted build never leaves a partial artifact where a good one would be.
+the provisioned tree's own files, without running anything inside it. A build
+writes its outputs into a candidate folder beside the published one and
+validates them there; only a validated candidate (or one built with
+validation explicitly skipped, marked `not-run`) replaces `output/<profile>/`,
+by renames. A candidate that failed validation becomes `<profile>.failed/`;
+an interrupted build leaves `<profile>.candidate/`, which nothing reads as an
+image and the next build removes. Limits: the swap is two renames, so a
+crash between them leaves the published folder aside as `<profile>.previous/`
+for a moment; the next build puts it back (see `start_candidate`).
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
+#: Validation outcomes under which a candidate replaces the published folder.
+PUBLISHABLE = ("passed", "not-run")
 
 
 def image_stem(profile_name: str, version: str, date: str) -> str:
@@ -110,28 +118,68 @@ def kernel_version(tree: Path) -> str:
     return Path(target).name.removeprefix("vmlinuz-")
 
 
-# --- publishing ----------------------------------------------------------------
+# --- publishing, by folder ----------------------------------------------------
 
 
-def publish(staging: Path, dest: Path) -> list[Path]:
-    """Move every file of `staging` into `dest`, manifest last; drop older images.
+@dataclass(frozen=True)
+class Folders:
+    """The folders that one profile's builds use, side by side in `output/`.
 
-    Files of the previous build that the new manifest does not list (an image
-    with an older date, say) are removed once the new manifest is in place.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    previous = read_manifest(dest)
-    names = sorted(p.name for p in staging.iterdir() if p.is_file())
-    ordered = [n for n in names if n != MANIFEST] + ([MANIFEST] if MANIFEST in names else [])
-    for name in ordered:
-        os.replace(staging / name, dest / name)
-    shutil.rmtree(staging)
-    current = read_manifest(dest) or {}
-    keep = set(ordered) | {f["name"] for f in current.get("files", [])}
-    for old in (previous or {}).get("files", []):
-        if old["name"] not in keep:
-            (dest / old["name"]).unlink(missing_ok=True)
-    return [dest / n for n in ordered]
+    `published` is the only one that launch, test and publish read; the others are
+    named after it, so no profile (lower-case letters, digits, dashes) can clash."""
+
+    published: Path
+    candidate: Path
+    failed: Path
+    aside: Path
+
+    @classmethod
+    def of(cls, published: Path) -> Folders:
+        def beside(suffix: str) -> Path:
+            return published.with_name(published.name + suffix)
+
+        return cls(published=published, candidate=beside(".candidate"),
+                   failed=beside(".failed"), aside=beside(".previous"))
+
+
+def destination(folders: Folders, manifest: dict[str, Any] | None) -> Path:
+    """Where a finished candidate goes, by the validation status in its manifest (pure):
+    `published` when it passed or validation was skipped (`not-run`), else `failed`."""
+    status = ((manifest or {}).get("validation") or {}).get("status")
+    return folders.published if status in PUBLISHABLE else folders.failed
+
+
+def start_candidate(folders: Folders) -> None:
+    """Make an empty candidate folder, after undoing what an interrupted build left.
+
+    A published folder caught aside in the middle of a swap goes back (it was the last
+    published image; the candidate had not yet taken its place), or is removed when the
+    swap had finished. A stale candidate is removed."""
+    if folders.aside.exists():
+        if folders.published.exists():
+            shutil.rmtree(folders.aside)
+        else:
+            os.replace(folders.aside, folders.published)
+    if folders.candidate.exists():
+        shutil.rmtree(folders.candidate)
+    folders.candidate.mkdir(parents=True)
+
+
+def settle(folders: Folders) -> Path:
+    """Move the finished candidate where `destination` says; return that folder.
+
+    Any failed folder goes first: a newer image supersedes it, or a newer failure
+    replaces it. Publishing then renames the published folder aside and the candidate
+    into its place, and removes the old one; a failure leaves the published folder alone."""
+    dest = destination(folders, read_manifest(folders.candidate))
+    if folders.failed.exists():
+        shutil.rmtree(folders.failed)
+    if dest == folders.published and folders.published.exists():
+        os.replace(folders.published, folders.aside)
+    os.replace(folders.candidate, dest)
+    if folders.aside.exists():
+        shutil.rmtree(folders.aside)
+    return dest
 
 
 def source_revision(project: Path) -> dict[str, Any] | None:

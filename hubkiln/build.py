@@ -4,8 +4,11 @@ Each step is named after what it does and returns early when its result is
 already cached. Heavy layers (the bootstrapped OS, then the Python and Node
 environments) are cached under `.cache/rootfs/` by a hash of everything that
 shapes them; the light ones (hub settings, content) are applied to a copy at
-every build. Intermediate files live in `.cache/work/<profile>/`; only
-finished artifacts reach `output/<profile>/` (see artifacts.publish).
+every build. Intermediate files live in `.cache/work/<profile>/`. The outputs,
+logs and templates are written and validated in `output/<profile>.candidate/`,
+which replaces `output/<profile>/` only once validated (or with validation
+explicitly skipped); a failed one is kept as `output/<profile>.failed/` and
+the last published image stays where it was (see artifacts.settle).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from . import (
 from .errors import BuildError
 from .preflight import check_host_tools
 from .proc import run
-from .profile import PROJECT_DIR, Profile, load_profile, parse_size
+from .profile import PROJECT_DIR, Profile, display_path, load_profile, parse_size
 from .progress import Progress
 from .provision import (
     CONTENT_STAGING,
@@ -67,7 +70,7 @@ BUILD_TOOLS = [
 
 @dataclass
 class BuildPaths:
-    """Where one build of one profile reads and writes."""
+    """Where one build of one profile reads and writes; `out` is its candidate folder."""
 
     out: Path
     logs: Path
@@ -76,7 +79,7 @@ class BuildPaths:
 
     @classmethod
     def for_profile(cls, profile: Profile) -> BuildPaths:
-        out = output_dir(profile)
+        out = artifacts.Folders.of(output_dir(profile)).candidate
         return cls(out=out, logs=out / "logs", work=CACHE_DIR / "work" / profile.name,
                    cache=CACHE_DIR / "rootfs")
 
@@ -223,32 +226,33 @@ def bake(profile: Profile, template_dir: Path, disk_image: Path, paths: BuildPat
 
 
 def build(profile_ref: str, *, accelerator: str | None = None, validate: bool = True,
-          validation_args: list[str] | None = None) -> dict[str, Any]:
+          validation_args: list[str] | None = None, engine: str = "auto") -> dict[str, Any]:
     """Build a profile's image and validate it (unless `validate` is false); return the manifest.
 
-    `validation_args` go to the pytest run of tests/image (e.g. `["-x"]`).
+    `validation_args` go to the pytest run of tests/image (e.g. `["-x"]`); `engine` says
+    which machines prove the image (imagetest.plan_engines).
     SIGTERM is handled like Ctrl-C, so that Packer, qemu and chroot mounts are cleaned up.
     """
     with chroot.sigterm_raises():
         return _build(profile_ref, accelerator=accelerator, validate=validate,
-                      validation_args=validation_args)
+                      validation_args=validation_args, engine=engine)
 
 
 def _build(profile_ref: str, *, accelerator: str | None, validate: bool,
-           validation_args: list[str] | None = None) -> dict[str, Any]:
+           validation_args: list[str] | None = None, engine: str = "auto") -> dict[str, Any]:
     profile = load_profile(profile_ref)
     check_host_tools(BUILD_TOOLS)
     progress = Progress()
+    folders = artifacts.Folders.of(output_dir(profile))
     paths = BuildPaths.for_profile(profile)
-    if paths.logs.exists():
-        shutil.rmtree(paths.logs)
-    paths.logs.mkdir(parents=True)
+    artifacts.start_candidate(folders)
+    paths.logs.mkdir()
     remove_tree(paths.work, paths.logs / "build.log")
     paths.work.mkdir(parents=True)
     started = dt.datetime.now(dt.UTC)
 
     with progress.stage("render", "Packer templates"):
-        template_dir = render_templates(profile)
+        template_dir = render_templates(profile, paths.out)
     choice = accel.choose_accelerator(accelerator)
     progress.console.print(f"    accelerator: {choice.name} ({choice.reason})")
 
@@ -310,69 +314,82 @@ def _build(profile_ref: str, *, accelerator: str | None, validate: bool,
         image = paths.out / manifest["files"][0]["name"]
         with progress.stage("validate", "boot the image fresh, run tests/image"):
             record = imagetest.validate_image(profile, image, accelerator=choice.name,
-                                              progress=progress, pytest_args=validation_args)
+                                              progress=progress, pytest_args=validation_args,
+                                              logs=paths.logs, engine=engine)
             imagetest.record_validation(paths.out, record)
         manifest = artifacts.read_manifest(paths.out) or manifest
-        if record["status"] != "passed":
-            raise BuildError(imagetest.failure_message(record),
-                             hint=f"see {paths.logs / 'validate.log'}; the image is marked "
-                             f"failed in {paths.out / artifacts.MANIFEST}")
+    previous = artifacts.read_manifest(folders.published)
+    if artifacts.settle(folders) == folders.failed:
+        record = manifest["validation"]
+        raise BuildError(imagetest.failure_message(record),
+                         hint=f"see {display_path(folders.failed / record['log'])}; "
+                         + kept_note(folders, previous))
     return manifest
+
+
+def kept_note(folders: artifacts.Folders, previous: dict[str, Any] | None) -> str:
+    """Where the image that is still published and the failed one are (pure).
+
+    `previous` is the manifest of the published folder before the failed build."""
+    published, failed = display_path(folders.published), display_path(folders.failed)
+    kept = f"the failed one is in {failed}/"
+    if previous is None:
+        return f"no image is published in {published}/; {kept}"
+    status = (previous.get("validation") or {}).get("status")
+    if status == "passed":
+        return f"the last good image is still in {published}/; {kept}"
+    return f"the previous image (validation: {status}) is still in {published}/; {kept}"
 
 
 def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: dt.datetime,
                     timings: dict[str, float], inventory: dict[str, Any],
                     release: dict[str, str], kernel: str,
                     cache: dict[str, str], progress: Progress | None = None) -> dict[str, Any]:
-    """Write every format of `outputs.formats` (qcow2 always, first), each checked, with
-    SHA256SUMS and manifest.json into output/, all at once (see artifacts.publish)."""
+    """Write every format of `outputs.formats` (qcow2 always, first), each checked, then
+    SHA256SUMS and manifest.json, last, into `paths.out`: the candidate folder, which
+    nothing reads as an image until artifacts.settle publishes it."""
     stem = artifacts.image_stem(profile.name, profile["version"], started.strftime("%Y%m%d"))
     virtual_bytes = parse_size(profile["base"]["disk_size"])
     log = paths.logs / "outputs.log"
     resources = formats.vm_resources(profile["hub"]["limits"])
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.out))
     files: list[dict[str, Any]] = []
     format_timings: dict[str, float] = {}
-    try:
-        for fmt in formats.ordered_formats(profile["outputs"]["formats"]):
-            began = time.monotonic()
-            if progress:
-                progress.detail(f"{fmt}: for {formats.FORMATS[fmt]}")
-            image = formats.write_format(
-                fmt, baked, staging / formats.artifact_name(stem, fmt),
-                virtual_bytes=virtual_bytes, work=paths.work / f"format-{fmt}", log=log,
-                name=stem, os_id=profile["base"]["os"], resources=resources,
-                detail=progress.detail if progress else lambda _: None)
-            files.append({"name": image.name, "format": fmt,
-                          "sha256": artifacts.sha256_file(image),
-                          "bytes": image.stat().st_size,
-                          "virtual_bytes": formats.aligned_size(virtual_bytes)
-                          if fmt == "vhd" else virtual_bytes})
-            format_timings[f"format:{fmt}"] = round(time.monotonic() - began, 1)
-            if progress:
-                progress.detail(f"{fmt}: {image.name}, {image.stat().st_size / 1e6:.0f} MB, "
-                                f"checked, {format_timings[f'format:{fmt}']} s")
-        (staging / artifacts.SUMS).write_text(
-            artifacts.render_sums({f["name"]: f["sha256"] for f in files}))
-        manifest = {
-            "profile": profile.name,
-            "description": profile["description"],
-            "hubkiln_version": __version__,
-            "source": artifacts.source_revision(PROJECT_DIR),
-            "built_at": started.isoformat(timespec="seconds"),
-            "os": {"id": profile["base"]["os"], "pretty_name": release.get("PRETTY_NAME", ""),
-                   "kernel": kernel},
-            "files": files,
-            "vm": {"cpus": resources.cpus, "memory_mib": resources.memory_mib},
-            "timings_seconds": {**timings, **format_timings},
-            "cache": cache,
-            "packages": inventory,
-            "validation": {"status": "not-run"},
-        }
-        artifacts.write_json(staging / artifacts.MANIFEST, manifest)
-        artifacts.publish(staging, paths.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    for fmt in formats.ordered_formats(profile["outputs"]["formats"]):
+        began = time.monotonic()
+        if progress:
+            progress.detail(f"{fmt}: for {formats.FORMATS[fmt]}")
+        image = formats.write_format(
+            fmt, baked, paths.out / formats.artifact_name(stem, fmt),
+            virtual_bytes=virtual_bytes, work=paths.work / f"format-{fmt}", log=log,
+            name=stem, os_id=profile["base"]["os"], resources=resources,
+            detail=progress.detail if progress else lambda _: None)
+        files.append({"name": image.name, "format": fmt,
+                      "sha256": artifacts.sha256_file(image),
+                      "bytes": image.stat().st_size,
+                      "virtual_bytes": formats.aligned_size(virtual_bytes)
+                      if fmt == "vhd" else virtual_bytes})
+        format_timings[f"format:{fmt}"] = round(time.monotonic() - began, 1)
+        if progress:
+            progress.detail(f"{fmt}: {image.name}, {image.stat().st_size / 1e6:.0f} MB, "
+                            f"checked, {format_timings[f'format:{fmt}']} s")
+    (paths.out / artifacts.SUMS).write_text(
+        artifacts.render_sums({f["name"]: f["sha256"] for f in files}))
+    manifest = {
+        "profile": profile.name,
+        "description": profile["description"],
+        "hubkiln_version": __version__,
+        "source": artifacts.source_revision(PROJECT_DIR),
+        "built_at": started.isoformat(timespec="seconds"),
+        "os": {"id": profile["base"]["os"], "pretty_name": release.get("PRETTY_NAME", ""),
+               "kernel": kernel},
+        "files": files,
+        "vm": {"cpus": resources.cpus, "memory_mib": resources.memory_mib},
+        "timings_seconds": {**timings, **format_timings},
+        "cache": cache,
+        "packages": inventory,
+        "validation": {"status": "not-run"},
+    }
+    artifacts.write_json(paths.out / artifacts.MANIFEST, manifest)
     return manifest
 
 

@@ -315,12 +315,21 @@ GRUB_DISABLE_OS_PROBER=true
 """
 
 
-def render_fstab(label: str) -> str:
-    """Return /etc/fstab: root by label, the ESP at /boot/efi if present."""
+def render_fstab(label: str, *, quotas: bool = True) -> str:
+    """Return /etc/fstab: root by label, the ESP at /boot/efi if present.
+
+    `usrquota` (with `quotas`) marks the root file system for the quota tools:
+    hubkiln-quota.service makes its quota file (aquota.user) and turns quotas on
+    at boot; /home is part of it when there is no data disk. The option is a
+    plain flag: mounting never needs the kernel's quota modules, only `quotaon`
+    does, so a kernel without them still boots (with quotas off). Never the ext4
+    `quota` feature: without the quota_v2 module such a file system cannot be
+    mounted writable, and the machine would not boot.
+    """
     check_label(label)
     return f"""\
 # Written by hubkiln.
-LABEL={label}\t/\text4\tdefaults,errors=remount-ro\t0\t1
+LABEL={label}\t/\text4\tdefaults,errors=remount-ro{",usrquota" if quotas else ""}\t0\t1
 LABEL={ESP_LABEL}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t0
 """
 
@@ -446,7 +455,7 @@ def check_rootfs_fits(usage_bytes: int, layout: DiskLayout) -> None:
         )
 
 
-def install_boot_files(rootfs: Path, label: str) -> None:
+def install_boot_files(rootfs: Path, label: str, *, quotas: bool = True) -> None:
     """Write fstab, grub.cfg, GRUB's modules and grub defaults into the tree."""
     grub_dir = rootfs / "boot/grub"
     grub_dir.mkdir(parents=True, exist_ok=True)
@@ -462,7 +471,7 @@ def install_boot_files(rootfs: Path, label: str) -> None:
     (grub_dir / "grub.cfg").write_text(render_grub_cfg(label))
     (rootfs / "etc/default/grub.d").mkdir(parents=True, exist_ok=True)
     (rootfs / "etc/default/grub.d/hubkiln.cfg").write_text(render_grub_defaults())
-    (rootfs / "etc/fstab").write_text(render_fstab(label))
+    (rootfs / "etc/fstab").write_text(render_fstab(label, quotas=quotas))
     (rootfs / "boot/efi").mkdir(exist_ok=True)
 
 
@@ -505,9 +514,14 @@ def _copy_file_at(src: Path, dest: Path, offset: int) -> None:
 
 
 def assemble_disk(
-    rootfs: Path, raw: Path, *, size_bytes: int, label: str = "hubkiln-root", log: Path
+    rootfs: Path, raw: Path, *, size_bytes: int, label: str = "hubkiln-root", log: Path,
+    quotas: bool = True,
 ) -> None:
     """Make `raw` a bootable (BIOS and UEFI) raw disk image of `size_bytes` holding `rootfs`.
+
+    `quotas`: `usrquota` in the root's fstab line (see `render_fstab`). Nothing in
+    the file system itself: quotas are turned on at boot, and a kernel that cannot
+    do them boots all the same.
 
     Writes boot files into `rootfs` first (see `install_boot_files`). The image
     is built as a temporary file next to `raw` and renamed when complete.
@@ -524,7 +538,7 @@ def assemble_disk(
     tmp = raw.with_name(f".{raw.name}.partial")
     work = Path(tempfile.mkdtemp(prefix=".hubkiln-disk-", dir=raw.parent))
     try:
-        install_boot_files(rootfs, label)
+        install_boot_files(rootfs, label, quotas=quotas)
         core_path, efi_path = build_grub_images(rootfs, label, work, log)
         core = core_path.read_bytes()
         if len(core) > layout.bios.size_bytes:

@@ -29,15 +29,20 @@ import yaml
 
 from . import accel, artifacts, launch, seed
 from .errors import BuildError
+from .guest import settings as guest_settings
 from .profile import PROJECT_DIR, Profile, parse_size
 from .progress import Progress
 from .render import output_dir
-from .vm import Vm, VmSpec, free_port
+from .vm import Vm, VmSpec, free_port, ssh_command
 
 IMAGE_TESTS = PROJECT_DIR / "tests" / "image"
 FAILED_MARKER = "VALIDATION-FAILED"
 TEST_ADMIN = "teacher"
+#: The admin's SSH account (with sudo), which the tests log in as: not the hub account.
+TEST_OPERATOR = guest_settings().operator_name(TEST_ADMIN)
 TEST_STUDENTS = ("student1", "student2")
+#: A roster student nobody logs in as: the hostile tests try to claim and guess it.
+TEST_TARGET = "student3"
 #: A guest port nothing may reach: the firewall test listens there and expects a drop.
 BLOCKED_GUEST_PORT = 8099
 
@@ -111,7 +116,7 @@ def validation_launch_document(public_key: str) -> dict[str, Any]:
     return {
         "hostname": "hubkiln-test",
         "admins": [TEST_ADMIN],
-        "users": list(TEST_STUDENTS),
+        "users": [*TEST_STUDENTS, TEST_TARGET],
         "ssh_authorized_keys": [public_key],
     }
 
@@ -121,7 +126,7 @@ def pytest_command(junit: Path, ssh_port: int, key: Path, ssh_config: Path,
     """The pytest command that runs tests/image against the booted guest (pure)."""
     return [
         sys.executable, "-m", "pytest", str(IMAGE_TESTS), "-p", "no:cacheprovider",
-        f"--hosts=ssh://{TEST_ADMIN}@127.0.0.1:{ssh_port}", f"--ssh-config={ssh_config}",
+        f"--hosts=ssh://{TEST_OPERATOR}@127.0.0.1:{ssh_port}", f"--ssh-config={ssh_config}",
         f"--ssh-identity-file={key}", f"--junitxml={junit}", "-ra", "--durations=15",
         *(extra or []),
     ]
@@ -143,24 +148,93 @@ def render_ssh_config(control_dir: Path) -> str:
     )
 
 
+#: Which engine proves which tests (`invoke test --engine`): `vm` boots the image under
+#: qemu and runs every test; `container` boots the same image in systemd-nspawn at
+#: native speed and runs the tests that need no VM (tests/image/conftest.py, NEEDS);
+#: `auto` is the VM under KVM, and under emulation (TCG) both: the container for the
+#: user-space tests, the VM for what needs the image's own kernel, boot and firewall.
+ENGINES = ("auto", "vm", "container")
+IN_CONTAINER, NEEDS_VM = "not needs", "needs"
+
+
+def plan_engines(engine: str, accelerator: str) -> list[tuple[str, str | None]]:
+    """The runs of one validation: (engine, pytest -m expression or None for all) (pure)."""
+    if engine not in ENGINES:
+        raise BuildError(f"unknown test engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
+    if engine == "vm" or (engine == "auto" and accelerator == "kvm"):
+        return [("vm", None)]
+    if engine == "container":
+        return [("container", IN_CONTAINER)]
+    return [("container", IN_CONTAINER), ("vm", NEEDS_VM)]
+
+
+def combine_records(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One validation record from the record of each engine's run (pure). A run of only
+    the container says so: the tests that need the VM were not run."""
+    records = list(runs.values())
+    combined: dict[str, Any] = {
+        "status": "passed" if all(r["status"] == "passed" for r in records) else "failed",
+        "at": records[-1].get("at"),
+        "engines": runs,
+        "seconds": round(sum(r.get("seconds", 0) for r in records), 1),
+        "passed": sum(r.get("passed", 0) for r in records),
+        "failed": sum(r.get("failed", 0) for r in records),
+        "skipped": sum(r.get("skipped", 0) for r in records),
+        "failures": [f"[{name}] {failure}" for name, r in runs.items()
+                     for failure in r.get("failures", [])],
+        "reports": {k: v for r in records for k, v in r.get("reports", {}).items()},
+        "log": records[-1].get("log"),
+    }
+    if "vm" in runs:
+        combined["accelerator"] = runs["vm"].get("accelerator")
+        combined["boot_to_ssh_seconds"] = runs["vm"].get("boot_to_ssh_seconds")
+        combined["guest_panics"] = runs["vm"].get("guest_panics", [])
+    else:
+        combined["not_run"] = ("the tests marked needs(...) (kernel, boot, firewall, limits, "
+                               "reboot, Lynis): they need the VM engine")
+    return combined
+
+
 def validate_image(profile: Profile, image: Path, *, accelerator: str | None = None,
                    progress: Progress | None = None, pytest_args: list[str] | None = None,
-                   boot_timeout: float = 900) -> dict[str, Any]:
-    """Boot `image` fresh and run the image tests; return the validation record.
+                   boot_timeout: float = 900, engine: str = "auto",
+                   logs: Path | None = None) -> dict[str, Any]:
+    """Boot `image` fresh with each engine of `plan_engines` and run its share of the
+    image tests; return the validation record (combine_records).
+
+    Logs and screenshots go to `logs`: by default `output/<profile>/logs/`; a build
+    gives its candidate folder's, so that the published folder is left alone."""
+    progress = progress or Progress()
+    logs = logs or output_dir(profile) / "logs"
+    choice = accel.choose_accelerator(accelerator)
+    runs: dict[str, dict[str, Any]] = {}
+    for name, marks in plan_engines(engine, choice.name):
+        args = [*(["-m", marks] if marks else []), *(pytest_args or [])]
+        if name == "container":
+            progress.detail("booting the image in a container (systemd-nspawn, native speed)")
+            runs[name] = validate_in_container(profile, image, progress, args, boot_timeout,
+                                               logs)
+        else:
+            runs[name] = validate_in_vm(profile, image, choice.name, progress, args,
+                                        boot_timeout, logs)
+    return combine_records(runs)
+
+
+def validate_in_vm(profile: Profile, image: Path, accelerator: str, progress: Progress,
+                   pytest_args: list[str], boot_timeout: float, logs: Path) -> dict[str, Any]:
+    """The VM's share: boot under qemu and run the tests.
 
     Under TCG a guest kernel can crash for the emulator's sake (seen here: an int3 trap
     while the kernel patched its own code, in about one validation out of ten). Such a
     run says nothing about the image: it is recorded under `guest_panics` and the
     image is booted once more. A panic under KVM, or a second one, fails validation."""
-    progress = progress or Progress()
-    choice = accel.choose_accelerator(accelerator)
     panics: list[str] = []
     while True:
-        record = validate_once(profile, image, choice.name, progress, pytest_args,
-                               boot_timeout)
+        record = validate_once(profile, image, accelerator, progress, pytest_args,
+                               boot_timeout, logs)
         if record.get("guest_panic"):
             panics.append(record.pop("guest_panic"))
-            if choice.name == "tcg" and len(panics) == 1:
+            if accelerator == "tcg" and len(panics) == 1:
                 progress.detail(f"the guest kernel crashed under emulation ({panics[0]}); "
                                 "booting the image again")
                 continue
@@ -170,14 +244,14 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
         return record
 
 
-def watch_tests(command: list[str], env: dict[str, str], log: Path, vm: Vm) -> int:
-    """Run the tests; stop them when qemu ends under them (a guest panic ends qemu, see
-    hubkiln/vm.py). Return pytest's exit status."""
+def watch_tests(command: list[str], env: dict[str, str], log: Path, machine: Any) -> int:
+    """Run the tests; stop them when the machine ends under them (a guest panic ends
+    qemu, see hubkiln/vm.py). Return pytest's exit status."""
     with open(log, "w", encoding="utf-8") as out:
         tests = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=out,
                                  stderr=subprocess.STDOUT)
         while tests.poll() is None:
-            if not vm.alive():
+            if not machine.alive():
                 tests.terminate()
                 try:
                     tests.wait(timeout=60)
@@ -188,25 +262,100 @@ def watch_tests(command: list[str], env: dict[str, str], log: Path, vm: Vm) -> i
         return tests.wait()
 
 
+@dataclass(frozen=True)
+class ValidationMaterial:
+    """What one boot of the image is tested with: a throwaway admin key, the launch
+    settings with their issued secrets, ssh options, and where reports go."""
+
+    work: Path
+    key: Path
+    launch_file: Path
+    settings: launch.Launch
+    credentials_file: Path
+    ssh_config: Path
+    reports: Path
+    junit: Path
+
+    def env(self, profile: Profile, logs: Path, ports: dict[int, int], *,
+            client_address: str, engine: str) -> dict[str, str]:
+        """The environment of tests/image (tests/image/README.md lists each variable)."""
+        env = {
+            **os.environ,
+            "HUBKILN_TEST_ENGINE": engine,
+            "HUBKILN_TEST_PROFILE": str(profile.path),
+            "HUBKILN_TEST_LAUNCH": str(self.launch_file),
+            "HUBKILN_TEST_CREDENTIALS": str(self.credentials_file),
+            "HUBKILN_TEST_TARGET": TEST_TARGET,
+            "HUBKILN_TEST_CLIENT_ADDRESS": client_address,
+            "HUBKILN_TEST_HTTPS_PORT": str(ports[443]),
+            "HUBKILN_TEST_HTTP_PORT": str(ports[80]),
+            "HUBKILN_TEST_SSH_PORT": str(ports[22]),
+            "HUBKILN_TEST_KEY": str(self.key),
+            "HUBKILN_TEST_ADMIN": TEST_ADMIN,
+            "HUBKILN_TEST_OPERATOR": TEST_OPERATOR,
+            "HUBKILN_TEST_STUDENTS": " ".join(TEST_STUDENTS),
+            "HUBKILN_TEST_REPORTS": str(self.reports),
+            "HUBKILN_TEST_ARTIFACTS": str(logs),
+        }
+        if BLOCKED_GUEST_PORT in ports:
+            env["HUBKILN_TEST_BLOCKED_PORT"] = str(ports[BLOCKED_GUEST_PORT])
+        return env
+
+
+def prepare_material(work: Path) -> ValidationMaterial:
+    key = work / "admin-key"
+    public = seed.make_ssh_key(key, "hubkiln-validation")
+    launch_file = work / "launch.yaml"
+    launch_file.write_text(yaml.safe_dump(validation_launch_document(public)))
+    settings, credentials = launch.issue_credentials(launch.load_launch(launch_file))
+    credentials_file = work / "credentials.json"
+    credentials_file.write_text(json.dumps({
+        "admin_passwords": credentials.admin_passwords,
+        "enrolment_codes": credentials.enrolment_codes}))
+    credentials_file.chmod(0o600)
+    ssh_config = work / "ssh_config"
+    (work / "ssh-control").mkdir(mode=0o700)
+    ssh_config.write_text(render_ssh_config(work / "ssh-control"))
+    reports = work / "reports"
+    reports.mkdir()
+    return ValidationMaterial(work, key, launch_file, settings, credentials_file, ssh_config,
+                        reports, work / "junit.xml")
+
+
+def run_record(material: ValidationMaterial, returncode: int, started: float, waited: float,
+               log: str, **extra: Any) -> dict[str, Any]:
+    """The record of one engine's run, from its junit report."""
+    junit = material.junit
+    summary = parse_junit(junit.read_text()) if junit.exists() else Summary(errors=1)
+    return {
+        "status": "passed" if summary.ok and returncode == 0 and not extra.get(
+            "guest_panic") else "failed",
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **{k: v for k, v in extra.items() if v is not None},
+        "seconds": round(time.monotonic() - started, 1),
+        "boot_to_ssh_seconds": round(waited, 1),
+        "passed": summary.passed,
+        "failed": summary.failed + summary.errors,
+        "skipped": summary.skipped,
+        "failures": list(summary.failures),
+        "reports": read_reports(material.reports),
+        "log": log,
+    }
+
+
 def validate_once(profile: Profile, image: Path, accelerator: str, progress: Progress,
-                  pytest_args: list[str] | None, boot_timeout: float) -> dict[str, Any]:
-    """One fresh boot of `image` and one run of the image tests."""
-    logs = output_dir(profile) / "logs"
+                  pytest_args: list[str] | None, boot_timeout: float,
+                  logs: Path) -> dict[str, Any]:
+    """One fresh boot of `image` under qemu and one run of the image tests, logging
+    into `logs`."""
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hubkiln-test-") as tmp:
-        work = Path(tmp)
-        key = work / "admin-key"
-        public = seed.make_ssh_key(key, "hubkiln-validation")
-        launch_file = work / "launch.yaml"
-        launch_file.write_text(yaml.safe_dump(validation_launch_document(public)))
-        settings = launch.load_launch(launch_file)
-        folder = seed.write_seed_dir(work / "seed", launch.render_user_data(settings),
+        material = prepare_material(Path(tmp))
+        settings, key = material.settings, material.key
+        folder = seed.write_seed_dir(material.work / "seed", launch.render_user_data(settings),
                                      launch.render_meta_data(settings))
-        iso = seed.make_seed_iso(folder, work / "seed.iso")
-        ssh_config = work / "ssh_config"
-        (work / "ssh-control").mkdir(mode=0o700)
-        ssh_config.write_text(render_ssh_config(work / "ssh-control"))
+        iso = seed.make_seed_iso(folder, material.work / "seed.iso")
         # 8099: a port the firewall must drop (tests/image/test_hardening_firewall.py).
         ports = {22: free_port(), 80: free_port(), 443: free_port(),
                  BLOCKED_GUEST_PORT: free_port()}
@@ -215,12 +364,9 @@ def validate_once(profile: Profile, image: Path, accelerator: str, progress: Pro
         spec = VmSpec(image=image, seed_iso=iso, serial_log=logs / "validate-serial.log",
                       accelerator=accelerator, forwards=ports, restrict_network=True,
                       memory_mib=validation_memory_mib(profile))
-        reports = work / "reports"
-        reports.mkdir()
-        junit = work / "junit.xml"
         with Vm(spec) as vm:
             try:
-                waited = vm.wait_for_ssh(TEST_ADMIN, key, timeout=boot_timeout)
+                waited = vm.wait_for_ssh(TEST_OPERATOR, key, timeout=boot_timeout)
             except BuildError:
                 if (panic := vm.kernel_panic()) is None:
                     raise
@@ -229,44 +375,60 @@ def validate_once(profile: Profile, image: Path, accelerator: str, progress: Pro
                         "failed": 0, "skipped": 0, "failures": [], "reports": {},
                         "log": "logs/validate-serial.log"}
             progress.detail(f"SSH answered after {waited:.0f}s; running tests/image")
-            env = {
-                **os.environ,
-                "HUBKILN_TEST_PROFILE": str(profile.path),
-                "HUBKILN_TEST_LAUNCH": str(launch_file),
-                "HUBKILN_TEST_HTTPS_PORT": str(ports[443]),
-                "HUBKILN_TEST_HTTP_PORT": str(ports[80]),
-                "HUBKILN_TEST_SSH_PORT": str(ports[22]),
-                "HUBKILN_TEST_BLOCKED_PORT": str(ports[BLOCKED_GUEST_PORT]),
-                "HUBKILN_TEST_KEY": str(key),
-                "HUBKILN_TEST_ADMIN": TEST_ADMIN,
-                "HUBKILN_TEST_STUDENTS": " ".join(TEST_STUDENTS),
-                "HUBKILN_TEST_REPORTS": str(reports),
-                "HUBKILN_TEST_ARTIFACTS": str(logs),
-            }
+            env = material.env(profile, logs, ports, client_address="10.0.2.2", engine="vm")
             returncode = watch_tests(
-                pytest_command(junit, ports[22], key, ssh_config, pytest_args), env,
-                logs / "validate.log", vm)
+                pytest_command(material.junit, ports[22], key, material.ssh_config,
+                               pytest_args), env, logs / "validate.log", vm)
             panic = vm.kernel_panic()
-            vm.ssh(TEST_ADMIN, key, "sudo -n systemctl poweroff", check=False, timeout=30)
-        summary = parse_junit(junit.read_text()) if junit.exists() else Summary(errors=1)
-        found_reports = read_reports(reports)
-    ok = summary.ok and returncode == 0 and panic is None
-    record = {
-        "status": "passed" if ok else "failed",
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "accelerator": accelerator,
-        "seconds": round(time.monotonic() - started, 1),
-        "boot_to_ssh_seconds": round(waited, 1),
-        "passed": summary.passed,
-        "failed": summary.failed + summary.errors,
-        "skipped": summary.skipped,
-        "failures": list(summary.failures),
-        "reports": found_reports,
-        "log": "logs/validate.log",
-    }
-    if panic:
-        record["guest_panic"] = panic
-    return record
+            vm.ssh(TEST_OPERATOR, key, "sudo -n systemctl poweroff", check=False, timeout=30)
+        return run_record(material, returncode, started, waited, "logs/validate.log",
+                          accelerator=accelerator, guest_panic=panic)
+
+
+def validate_in_container(profile: Profile, image: Path, progress: Progress,
+                          pytest_args: list[str], boot_timeout: float,
+                          logs: Path) -> dict[str, Any]:
+    """The container's share: boot the image in systemd-nspawn and run the tests from
+    inside its network namespace (the guest's 22, 80 and 443 on 127.0.0.1)."""
+    from .container import Container, ContainerSpec
+
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hubkiln-test-") as tmp:
+        material = prepare_material(Path(tmp))
+        seed_files = {"user-data": launch.render_user_data(material.settings),
+                      "meta-data": launch.render_meta_data(material.settings)}
+        spec = ContainerSpec(image=image, seed=seed_files, work=Path(tmp) / "container",
+                             console_log=logs / "validate-container-console.log")
+        with Container(spec) as box:
+            waited = wait_for_container_ssh(box, material.key, boot_timeout)
+            progress.detail(f"SSH answered in the container after {waited:.0f}s; "
+                            "running tests/image")
+            ports = {22: 22, 80: 80, 443: 443}
+            env = material.env(profile, logs, ports, client_address="127.0.0.1",
+                               engine="container")
+            returncode = watch_tests(
+                box.in_netns(pytest_command(material.junit, 22, material.key,
+                                            material.ssh_config, pytest_args)),
+                env, logs / "validate-container.log", box)
+        return run_record(material, returncode, started, waited, "logs/validate-container.log",
+                          engine="container")
+
+
+def wait_for_container_ssh(box: Any, key: Path, timeout: float) -> float:
+    """Seconds until the container's SSH accepts the admin key; BuildError with the
+    console's end otherwise."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if not box.alive():
+            raise BuildError("the container stopped before SSH answered:\n"
+                             + box.console_tail())
+        if box.run(ssh_command(22, TEST_OPERATOR, key, "true", timeout=10), timeout=30
+                   ).returncode == 0:
+            return time.monotonic() - started
+        time.sleep(2)
+    raise BuildError(f"SSH did not answer in the container within {timeout:.0f}s:\n"
+                     + box.console_tail())
 
 
 def record_validation(out: Path, record: dict[str, Any]) -> None:

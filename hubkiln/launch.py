@@ -27,6 +27,7 @@ import contextlib
 import copy
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -48,6 +49,8 @@ from jsonschema.exceptions import ValidationError
 
 from . import seed
 from .errors import BuildError, HubkilnError, ProblemsError
+from .guest import auth as guest_auth
+from .guest import settings as guest_settings
 from .preflight import check_host_tools
 from .profile import (
     PACKAGE_DIR,
@@ -67,28 +70,6 @@ LAUNCH_DOC = PROJECT_DIR / "docs" / "launch.md"
 #: Where the image reads the launch document (written by cloud-init, root only).
 GUEST_LAUNCH_FILE = "/etc/hubkiln/launch.yaml"
 
-#: Names that must never become a student or admin account: system users and
-#: groups of Debian/Ubuntu images (a user's own group gets the same name, so a
-#: student called `admin` or `sudo` would join that group), cloud default users
-#: and the hub's own service names.
-RESERVED_NAMES = frozenset({
-    # base-passwd users and groups
-    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
-    "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "nogroup", "adm", "tty",
-    "disk", "kmem", "dialout", "fax", "voice", "cdrom", "floppy", "tape", "sudo", "audio",
-    "dip", "operator", "src", "shadow", "utmp", "video", "sasl", "plugdev", "staff", "users",
-    # groups with privileges on Ubuntu/Debian or common distributions
-    "admin", "wheel", "lxd", "docker", "kvm", "libvirt", "lpadmin", "sambashare", "netdev",
-    "input", "render", "sgx", "crontab", "ssl-cert", "messagebus", "syslog", "uuidd",
-    "tcpdump", "tss", "sshd", "polkitd", "landscape", "pollinate", "fwupd-refresh", "usbmux",
-    "dnsmasq", "chrony", "ntp", "postfix", "postdrop", "rdma", "ubuntu-advantage",
-    # cloud default users
-    "ubuntu", "debian", "cloud-user", "ec2-user", "azureuser", "centos", "fedora",
-    # the hub's own services
-    "hub", "hubkiln", "jupyter", "jupyterhub",
-})
-#: Prefixes of names reserved for system accounts.
-RESERVED_PREFIXES = ("systemd-", "hubkiln-")
 
 #: OpenSSH public key types: how many length-prefixed fields follow the type name.
 SSH_KEY_FIELDS = {
@@ -234,10 +215,8 @@ def find_duplicate_keys(text: str) -> list[tuple[KeyPath, str]]:
 
 
 def check_username(name: str) -> str | None:
-    """Why a schema-valid user name cannot be used, or None."""
-    if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
-        return f"{show(name)} is reserved for the system; choose another name"
-    return None
+    """Why a schema-valid user name cannot be used, or None (the guest's own rule)."""
+    return guest_settings().reserved_name_problem(name)
 
 
 def check_names(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
@@ -257,6 +236,12 @@ def check_names(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     if raw_admins == [] and raw_users == []:
         problems.append((("users",), "nobody can log in: list at least one name in `admins` "
                          "or `users`"))
+    for key, names, what in (("admin_password_hashes", admins, "admins"),
+                             ("enrolment_code_hashes", users, "users")):
+        hashes = data.get(key)
+        for name in sorted(hashes) if isinstance(hashes, dict) else []:
+            if name not in names:
+                problems.append(((key, name), f"{show(name)} is not in `{what}`"))
     keys = data.get("ssh_authorized_keys")
     if isinstance(keys, list) and keys and raw_admins == []:
         problems.append((("ssh_authorized_keys",), "no admin can use these keys: "
@@ -428,6 +413,24 @@ def check_tls_with_openssl(certificate: str, key: str, domain: str | None,
     return problems
 
 
+def check_acme_ca(data: dict[str, Any], openssl: str | None) -> list[tuple[KeyPath, str]]:
+    """`acme_ca` and `acme_ca_root` together with `domain` (the guest's own rule), and
+    the root as a readable, unexpired PEM certificate."""
+    problems: list[tuple[KeyPath, str]] = [
+        ((key,), problem) for key, problem in guest_settings().acme_problems(data)]
+    root = data.get("acme_ca_root")
+    if not isinstance(root, str):
+        return problems
+    if problem := check_certificate_pem(root):
+        return [*problems, (("acme_ca_root",), problem)]
+    if openssl:
+        if _openssl(cert_pubkey_command(openssl), root).returncode != 0:
+            problems.append((("acme_ca_root",), "cannot be read by openssl"))
+        elif _openssl(cert_expiry_command(openssl), root).returncode != 0:
+            problems.append((("acme_ca_root",), "has expired"))
+    return problems
+
+
 def resolve_tls(data: dict[str, Any], base_dir: Path, openssl: str | None
                 ) -> tuple[dict[str, str] | None, list[tuple[KeyPath, str]]]:
     """Read `tls` into {certificate, key} PEM text; check it. Return (tls, problems)."""
@@ -492,6 +495,8 @@ def normalise(data: dict[str, Any], tls: dict[str, str] | None) -> dict[str, Any
     doc.update(copy.deepcopy(data))
     doc["ssh_authorized_keys"] = [" ".join(k.split()) for k in doc["ssh_authorized_keys"]]
     doc["tls"] = tls
+    if doc["acme_ca_root"]:
+        doc["acme_ca_root"] = normalise_pem(doc["acme_ca_root"])
     return {key: doc[key] for key in launch_keys()}
 
 
@@ -507,6 +512,7 @@ def validate_launch_data(
     found.extend(check_oauth(data))
     tls, tls_problems = resolve_tls(data, base_dir, openssl)
     found.extend(tls_problems)
+    found.extend(check_acme_ca(data, openssl))
     if found:
         return None, found
     return normalise(data, tls), []
@@ -645,7 +651,8 @@ def summarize(launch: Launch) -> list[str]:
     if data["tls"]:
         tls = "the certificate given in `tls`"
     elif data["domain"]:
-        tls = f"Let's Encrypt for {data['domain']}"
+        ca = data["acme_ca"] or "Let's Encrypt"
+        tls = f"ACME ({ca}) for {data['domain']}, self-signed until it issues"
     else:
         tls = "self-signed (made at first boot)"
     login = "the login provider given in `oauth`" if data["oauth"] else \
@@ -655,9 +662,92 @@ def summarize(launch: Launch) -> list[str]:
         f"admins: {', '.join(data['admins']) or 'none'}",
         f"students: {len(data['users'])}",
         f"admin SSH keys: {len(data['ssh_authorized_keys'])}",
+        f"admin hub passwords: {len(data['admin_password_hashes'])} of {len(data['admins'])}",
+        "enrolment codes: " + (f"{len(data['enrolment_code_hashes'])} of "
+                               f"{len(data['users'])} students" if data["enrolment_codes"]
+                               else "off (a first login sets the password)"),
         f"login: {login}",
         f"HTTPS: {tls}",
     ]
+
+
+# --- credentials made at seeding ------------------------------------------------------
+
+#: Enrolment codes: 12 characters without look-alikes (about 59 bits), shown as 4-4-4.
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+#: Codes are random and long, so a cheap hash suffices (a roster of 500 hashes in seconds).
+CODE_HASH_ITERATIONS = 10_000
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The secrets issued for one launch: shown to the operator once, never in the image
+    (the image receives only their hashes)."""
+
+    admin_passwords: dict[str, str]
+    enrolment_codes: dict[str, str]
+
+
+def new_admin_password() -> str:
+    return secrets.token_urlsafe(15)
+
+
+def new_enrolment_code() -> str:
+    raw = "".join(secrets.choice(CODE_ALPHABET) for _ in range(12))
+    return "-".join(raw[i:i + 4] for i in range(0, 12, 4))
+
+
+def issue_credentials(launch: Launch) -> tuple[Launch, Credentials]:
+    """A password for every admin without a hash and, with `enrolment_codes`, a code for
+    every student without one; the launch document then holds their hashes only."""
+    hasher, normalise_code = guest_auth().hash_secret, guest_auth().normalise_code
+    data = copy.deepcopy(launch.data)
+    passwords: dict[str, str] = {}
+    for name in data["admins"]:
+        if name not in data["admin_password_hashes"]:
+            passwords[name] = new_admin_password()
+            data["admin_password_hashes"][name] = hasher(passwords[name])
+    codes: dict[str, str] = {}
+    if data["enrolment_codes"]:
+        for name in data["users"]:
+            if name not in data["enrolment_code_hashes"]:
+                codes[name] = new_enrolment_code()
+                data["enrolment_code_hashes"][name] = hasher(
+                    normalise_code(codes[name]), iterations=CODE_HASH_ITERATIONS)
+    return Launch(data=data, source=launch.source), Credentials(passwords, codes)
+
+
+def credential_paths(seed_path: Path) -> tuple[Path, Path]:
+    """Where the issued admin passwords and enrolment codes go, beside a seed."""
+    stem = seed_path.with_suffix("")
+    return (stem.with_name(stem.name + ".admin-passwords.txt"),
+            stem.with_name(stem.name + ".enrolment-codes.csv"))
+
+
+def render_admin_passwords(credentials: Credentials) -> str:
+    return "".join(f"{name}\t{password}\n"
+                   for name, password in credentials.admin_passwords.items())
+
+
+def render_enrolment_codes(credentials: Credentials) -> str:
+    return "name,enrolment_code\n" + "".join(
+        f"{name},{code}\n" for name, code in credentials.enrolment_codes.items())
+
+
+def write_credentials(credentials: Credentials, seed_path: Path) -> list[Path]:
+    """Write the issued secrets beside the seed (mode 0600); return the files written."""
+    passwords, codes = credential_paths(seed_path)
+    written = []
+    for path, text, wanted in ((passwords, render_admin_passwords(credentials),
+                                credentials.admin_passwords),
+                               (codes, render_enrolment_codes(credentials),
+                                credentials.enrolment_codes)):
+        if wanted:
+            tmp = path.with_name(f".{path.name}.new")
+            _write_private(tmp, text)
+            os.replace(tmp, path)
+            written.append(path)
+    return written
 
 
 # --- writing seeds -----------------------------------------------------------------------
@@ -791,7 +881,8 @@ def local_launch(launch: Launch) -> tuple[Launch, list[str]]:
     """Settings for a VM on this machine: no domain (Let's Encrypt cannot reach it)."""
     if not launch["domain"]:
         return launch, []
-    data = {**launch.data, "domain": None, "acme_email": None}
+    data = {**launch.data, "domain": None, "acme_email": None, "acme_ca": None,
+            "acme_ca_root": None}
     note = (f"local launch: ignoring domain {launch['domain']} (Let's Encrypt cannot reach a "
             "VM on this machine); the hub uses a self-signed certificate")
     return Launch(data=data, source=launch.source), [note]
@@ -801,16 +892,25 @@ def login_url(https_port: int) -> str:
     return f"https://127.0.0.1:{https_port}/hub/login"
 
 
-def login_instructions(authenticator: str, launch: Launch, https_port: int) -> list[str]:
+def login_instructions(authenticator: str, launch: Launch, https_port: int,
+                       credentials: Credentials | None = None) -> list[str]:
     """How to log in to a local launch, for the terminal."""
     roster = ", ".join(launch["users"][:5]) + (", ..." if len(launch["users"]) > 5 else "")
     admins = ", ".join(launch["admins"]) or "none"
     callback = f"https://127.0.0.1:{https_port}/hub/oauth_callback"
+    issued = credentials or Credentials({}, {})
+    admin_lines = [f"admin {name}: password {password}"
+                   for name, password in issued.admin_passwords.items()]
+    code_lines = [f"student {name}: enrolment code {code}"
+                  for name, code in list(issued.enrolment_codes.items())[:5]]
+    first_login = ("with the enrolment code below, and choose a password"
+                   if launch["enrolment_codes"] else "and choose a password")
     lines = {
-        "firstuse": [f"log in as one of the roster names ({roster or 'none'}) or an admin "
-                     f"({admins}) and choose your password at that first login"],
-        "native": ["sign up on the login page; an admin approves new accounts "
-                   f"(admins: {admins})"],
+        "firstuse": [f"students log in with a roster name ({roster or 'none'}) {first_login} "
+                     f"at that first login; admins ({admins}) with their password",
+                     *admin_lines, *code_lines],
+        "native": ["students sign up on the login page and wait for an admin's approval "
+                   f"(admins: {admins}, who log in with their password)", *admin_lines],
         "github": [f"log in with GitHub; for a local test register {callback} as the "
                    "OAuth app's callback URL"],
         "google": [f"log in with Google; for a local test register {callback} as an "
@@ -827,8 +927,9 @@ def ssh_instructions(launch: Launch, ssh_port: int, key: Path | None) -> str | N
     if not launch["admins"] or not (launch["ssh_authorized_keys"] or key):
         return None
     identity = f"-i {display_path(key)} " if key else ""
+    operator = guest_settings().operator_name(launch["admins"][0])
     return (f"ssh {identity}-p {ssh_port} -o StrictHostKeyChecking=no "
-            f"-o UserKnownHostsFile=/dev/null {launch['admins'][0]}@127.0.0.1")
+            f"-o UserKnownHostsFile=/dev/null {operator}@127.0.0.1")
 
 
 def login_page_answers(url: str, timeout: float = 10) -> bool:
@@ -941,6 +1042,7 @@ def boot_locally(
     launch, notes = local_launch(launch)
     for note in notes:
         say(note)
+    launch, credentials = issue_credentials(launch)
     for port, option in ((https_port, "--https-port"), (ssh_port, "--ssh-port")):
         if port:
             check_port_free(port, option)
@@ -969,7 +1071,7 @@ def boot_locally(
                 say("  the certificate is self-signed: your browser warns; accept it for "
                     "this local test")
                 for line in login_instructions(profile["hub"]["authenticator"], launch,
-                                               https_port):
+                                               https_port, credentials):
                     say(f"  {line}")
                 if command := ssh_instructions(launch, ssh_port, demo_key):
                     say(f"  admin shell: {command}")

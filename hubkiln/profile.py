@@ -27,6 +27,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from .errors import ProfileError
+from .guest import settings as guest_settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
@@ -306,6 +307,15 @@ def check_paths(
     return problems, resolved
 
 
+def check_admin_names(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    """Admin names the image would refuse (the guest's reserved-name rule)."""
+    problems = []
+    for i, name in enumerate(_list_at(data, "hub", "admins")):
+        if isinstance(name, str) and (problem := guest_settings().reserved_name_problem(name)):
+            problems.append((("hub", "admins", i), problem))
+    return problems
+
+
 # --- the entry point ------------------------------------------------------------------
 
 
@@ -337,6 +347,7 @@ def load_profile(ref: str | os.PathLike, profiles_dir: Path = PROFILES_DIR) -> P
         found.extend(describe_error(error))
     path_problems, resolved = check_paths(data, provenance)
     found.extend(path_problems)
+    found.extend(check_admin_names(data))
     if found:
         messages = sorted(
             {f"{display_path(origin_of(kp, provenance, top))}: {format_keypath(kp)}: {msg}"

@@ -45,6 +45,8 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("10-apt-packages.sh", "envs", "OS packages the hub needs, plus the profile's",
          ("HUBKILN_APT_PACKAGES", "HUBKILN_APT_PROXY")),
+    Step("15-kernel-quota.sh", "envs", "the kernels' quota modules; a hook for later kernels",
+         files=("quota",)),
     Step("20-hub-env.sh", "envs", "the hub's virtual environment",
          files=("hub-requirements.txt", "uv-requirements.txt")),
     Step("30-proxy.sh", "envs", "configurable-http-proxy", files=("proxy",)),

@@ -30,7 +30,8 @@ from .profile import PROJECT_DIR, Profile, parse_size
 from .provision import CONTENT_STAGING, GUEST_PROVISION_DIR, provision_env, steps_in
 
 TEMPLATE_DIR = PROJECT_DIR / "packer"
-OUTPUT_DIR = PROJECT_DIR / "output"
+#: Where builds leave their outputs; HUBKILN_OUTPUT moves it (tests use their own).
+OUTPUT_DIR = Path(os.environ.get("HUBKILN_OUTPUT") or PROJECT_DIR / "output")
 
 #: The account that Packer's SSH communicator uses in the local qemu VM; the
 #: NoCloud seed creates it and the shutdown command removes it.

@@ -19,9 +19,14 @@ require_root
 # (bans from the journal), apparmor, unattended-upgrades (security updates),
 # libpam-pwquality (password quality for local passwords), lynis (the audit that
 # validation runs; kept as an admin tool, see provision/README.md).
+# The per-student disk quotas (hub.limits.disk): quota (setquota at each spawn,
+# quotacheck and quotaon at boot, repquota for admins) and kmod (modprobe, depmod,
+# modinfo: 15-kernel-quota.sh and hubkiln-quota.service).
 HARDENING_PACKAGES=(nftables auditd fail2ban python3-systemd apparmor unattended-upgrades
     libpam-pwquality lynis)
-BASE_PACKAGES=(python3 python3-venv git ca-certificates caddy openssl "${HARDENING_PACKAGES[@]}")
+QUOTA_PACKAGES=(quota kmod)
+BASE_PACKAGES=(python3 python3-venv git ca-certificates caddy openssl "${HARDENING_PACKAGES[@]}"
+    "${QUOTA_PACKAGES[@]}")
 
 split_words PROFILE_PACKAGES "${HUBKILN_APT_PACKAGES:-}"
 for pkg in "${PROFILE_PACKAGES[@]}"; do

@@ -26,10 +26,14 @@ UNITS=(hubkiln-firstboot.service jupyterhub-proxy.service jupyterhub.service)
 [[ -x "$HUB_PY" ]] || die "$HUB_PY is missing: run 20-hub-env.sh first"
 command -v openssl >/dev/null || die "openssl is missing (hubkiln-firstboot needs it): run 10-apt-packages.sh first"
 
-announce "installing the settings module hubkiln_hub into the hub environment"
+announce "installing the settings module hubkiln_hub and the login module hubkiln_auth into the hub environment"
 site="$("$HUB_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-install -m 0644 -o root -g root "$SRC/hub/hubkiln_hub.py" "$site/hubkiln_hub.py"
-"$HUB_PY" -m compileall -q "$site/hubkiln_hub.py"
+for module in hubkiln_hub hubkiln_auth; do
+    install -m 0644 -o root -g root "$SRC/hub/$module.py" "$site/$module.py"
+    "$HUB_PY" -m compileall -q "$site/$module.py"
+done
+"$HUB_PY" -c 'import hubkiln_auth; hubkiln_auth.HubkilnFirstUseAuthenticator, hubkiln_auth.HubkilnNativeAuthenticator' \
+    || die "the login module hubkiln_auth does not load in the hub environment"
 check_root_owned "$site/__pycache__"
 
 announce "writing $ETC/hub.d/00-profile.yaml from HUBKILN_HUB_SETTINGS"
@@ -65,6 +69,9 @@ printf '%s\n' "# Installed by hubkiln: admins named at launch (hubkiln-apply-lau
 chmod 0440 /etc/sudoers.d/.hubkiln-admins.new
 visudo -cqf /etc/sudoers.d/.hubkiln-admins.new || die "the sudo rule for hubkiln-admins does not parse"
 mv -f /etc/sudoers.d/.hubkiln-admins.new /etc/sudoers.d/hubkiln-admins
+
+announce "creating /etc/ssh/hubkiln-keys, the admins' root-owned key files (90-seal.sh makes sshd read only them)"
+install -d -m 0755 -o root -g root /etc/ssh/hubkiln-keys
 
 announce "denying SSH to students (group hubkiln-students)"
 install -d -m 0755 /etc/ssh/sshd_config.d

@@ -3,9 +3,13 @@
 # hubkiln-front.service on 443 and 80 (which redirects to HTTPS), in front of
 # configurable-http-proxy on 127.0.0.1:8000. The package's caddy.service is masked.
 # The config /etc/hubkiln/front/Caddyfile is written at boot by
-# hubkiln-apply-launch: Let's Encrypt for a launch domain, a certificate given at
-# launch, or the self-signed certificate hubkiln-firstboot makes. No key and no
-# front config are baked: only the empty folders.
+# hubkiln-apply-launch: ACME (Let's Encrypt, or the launch's acme_ca) for a launch
+# domain, serving the self-signed certificate hubkiln-firstboot makes for every
+# name until the ACME one is issued (hubkiln-front-check.timer then switches the
+# front to it, and reports while it is missing); a certificate given at launch; or
+# the self-signed one. Caddy's ACME state lives in /home/.hubkiln/caddy (made at
+# boot, on the data disk when there is one). No key and no front config are
+# baked: only the empty folders.
 #
 # Inputs: none (tls.mode and tls.acme_email reach the image through
 # HUBKILN_HUB_SETTINGS, see 50-hub-config.sh).
@@ -24,16 +28,21 @@ install -d -m 0755 -o root -g root /etc/hubkiln/front
 install -d -m 0750 -o root -g caddy /etc/hubkiln/tls
 install -d -m 0750 -o caddy -g caddy /var/lib/caddy
 
-announce "installing hubkiln-front.service; masking the package's caddy.service"
-install -m 0644 -o root -g root "$HUBKILN_FILES/systemd/hubkiln-front.service" \
-    /etc/systemd/system/hubkiln-front.service
+announce "installing hubkiln-front.service and hubkiln-front-check.{service,timer}; masking the package's caddy.service"
+for unit in hubkiln-front.service hubkiln-front-check.service hubkiln-front-check.timer; do
+    install -m 0644 -o root -g root "$HUBKILN_FILES/systemd/$unit" "/etc/systemd/system/$unit"
+done
 systemctl disable caddy.service caddy-api.service
 systemctl mask caddy.service
-systemctl enable hubkiln-front.service
+systemctl enable hubkiln-front.service hubkiln-front-check.timer
 
-announce "checking that caddy accepts the self-signed front config"
+announce "checking that caddy accepts the front configs (self-signed; ACME before and after issuing)"
 make_scratch
-"$HUB_PY" -m hubkiln_hub caddyfile self-signed >"$SCRATCH/Caddyfile"
-# HOME: caddy leaves a .step folder in its home; keep it in the scratch dir.
-HOME="$SCRATCH" caddy adapt --config "$SCRATCH/Caddyfile" --adapter caddyfile >/dev/null
+"$HUB_PY" -m hubkiln_hub caddyfile self-signed >"$SCRATCH/self-signed"
+"$HUB_PY" -m hubkiln_hub caddyfile acme hub.hubkiln.test >"$SCRATCH/acme"
+"$HUB_PY" -m hubkiln_hub caddyfile acme-issued hub.hubkiln.test >"$SCRATCH/acme-issued"
+for config in self-signed acme acme-issued; do
+    # HOME: caddy leaves a .step folder in its home; keep it in the scratch dir.
+    HOME="$SCRATCH" caddy adapt --config "$SCRATCH/$config" --adapter caddyfile >/dev/null
+done
 HOME="$SCRATCH" caddy version

@@ -2,7 +2,8 @@
 # OS hardening of the image (HARDENING.md "OS"), as drop-in files wherever the
 # software reads a drop-in directory: sysctls, kernel modules, mount options,
 # core dumps, SSH, sudo, accounts and umask, file permissions and the SUID/SGID
-# allowlist, journald and auditd, the nftables firewall, fail2ban for SSH,
+# allowlist, journald and auditd, the nftables firewall (cloud metadata for root
+# only), fail2ban for SSH and the hub's login form,
 # security-only unattended upgrades without reboot, AppArmor, the login banner
 # and Lynis' profile. Files come from files/hardening/; see provision/README.md.
 #
@@ -170,15 +171,25 @@ set_option /etc/audit/auditd.conf space_left_action "space_left_action = SYSLOG"
 set_option /etc/audit/auditd.conf max_log_file_action "max_log_file_action = ROTATE"
 systemctl enable auditd.service
 
-announce "firewall: nftables, incoming only SSH (admin networks), 80, 443 and the profile's ports"
+announce "firewall: nftables, incoming only SSH (admin networks), 80, 443 and the profile's ports;" \
+    "cloud metadata over TCP for root only"
 printf '%s' "$SETTINGS" | python3 "$HELPER" nftables >"$SCRATCH/nftables.conf"
 # Checked in a network namespace of its own: never against the build host's ruleset.
 unshare --net nft -c -f "$SCRATCH/nftables.conf" || die "nft rejects the rendered ruleset"
 install_file "$SCRATCH/nftables.conf" /etc/nftables.conf 0644
 systemctl enable nftables.service
 
-announce "fail2ban: bans repeated SSH failures (journal backend, nftables bans)"
+announce "fail2ban: bans repeated SSH failures and failed hub logins (journal backend, nftables bans)"
 install_file "$SRC/fail2ban/jail.local" /etc/fail2ban/jail.local 0644
+install_file "$SRC/fail2ban/filter.d/hubkiln-hub.conf" /etc/fail2ban/filter.d/hubkiln-hub.conf 0644
+printf '%s' "$SETTINGS" | python3 "$HELPER" hub-jail >"$SCRATCH/hubkiln-hub.local"
+install_file "$SCRATCH/hubkiln-hub.local" /etc/fail2ban/jail.d/hubkiln-hub.local 0644
+# The filter must take the client's address from the hub's access log line (a TEST-NET one).
+sample='[W 2026-01-01 00:00:00.000 JupyterHub log:192] 403 POST /hub/login?next= (@192.0.2.10) 2511.30ms'
+found="$(fail2ban-regex -o ip "$sample" /etc/fail2ban/filter.d/hubkiln-hub.conf)" \
+    || die "fail2ban-regex cannot read files/hardening/fail2ban/filter.d/hubkiln-hub.conf"
+[[ "$found" == 192.0.2.10 ]] \
+    || die "the hubkiln-hub filter does not find the client in a failed hub login line (got: $found)"
 install_file "$SRC/systemd/fail2ban-after-firstboot.conf" \
     /etc/systemd/system/fail2ban.service.d/10-hubkiln.conf 0644
 fail2ban-client --test >/dev/null || die "fail2ban rejects its configuration"

@@ -72,6 +72,11 @@ announce "removing every authorized_keys file"
 find "${SEARCH_ROOTS[@]}" -xdev -type f \( -name authorized_keys -o -name authorized_keys2 \) \
     -print -delete
 
+announce "SSH: keys only from the root-owned /etc/ssh/hubkiln-keys from now on (the build logged in with a key in its home)"
+install -d -m 0755 -o root -g root /etc/ssh/hubkiln-keys /etc/ssh/sshd_config.d
+install -m 0644 -o root -g root "$HUBKILN_FILES/ssh/30-hubkiln-keys.conf" \
+    /etc/ssh/sshd_config.d/30-hubkiln-keys.conf
+
 announce "locking the root password"
 if [[ "$(passwd -S root | cut -d' ' -f2)" != L ]]; then
     passwd -l root
@@ -95,7 +100,7 @@ if ! in_chroot; then
     done
 fi
 announce "removing the hub's per-instance state (secrets, TLS keys, launch settings, front config)"
-for dir in /var/lib/hubkiln/secrets /var/lib/hubkiln/hub /etc/hubkiln/tls; do
+for dir in /var/lib/hubkiln/secrets /var/lib/hubkiln/hub /etc/hubkiln/tls /home/.hubkiln/hub; do
     if [[ -d "$dir" ]]; then find "$dir" -mindepth 1 -delete; fi
 done
 rm -rf /var/lib/hubkiln/content-delivered /var/lib/caddy/.local /var/lib/caddy/.config
@@ -159,6 +164,8 @@ if [[ -n "$BUILD_USER" ]] && getent passwd "$BUILD_USER" >/dev/null \
     problems+=("build user $BUILD_USER still exists")
 fi
 [[ ! -e "$HUBKILN_APT_PROXY_DROPIN" ]] || problems+=("apt proxy drop-in remains")
+grep -qx 'AuthorizedKeysFile /etc/ssh/hubkiln-keys/%u' /etc/ssh/sshd_config.d/30-hubkiln-keys.conf \
+    || problems+=("sshd would read keys from homes")
 [[ ! -e /var/lib/fail2ban/fail2ban.sqlite3 ]] || problems+=("fail2ban's database remains")
 [[ -z "$(find /var/log/journal -mindepth 1 -print -quit 2>/dev/null)" ]] \
     || problems+=("the build's journal remains in /var/log/journal")

@@ -21,7 +21,7 @@ def test_outputs_are_checksummed_and_listed(built, image, e2e_profile):
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert built["files"][0]["sha256"] == artifacts.sha256_file(image)
-    assert not list(out.glob(".staging-*")), "a staging folder was left behind"
+    assert not artifacts.Folders.of(out).candidate.exists(), "the candidate was left behind"
     info = subprocess.run(["qemu-img", "check", str(image)], capture_output=True, text=True)
     assert info.returncode == 0, info.stdout + info.stderr
     assert built["files"][0]["virtual_bytes"] == parse_size(e2e_profile["base"]["disk_size"])

@@ -36,6 +36,7 @@ import yaml
 
 from hubkiln import launch, seed
 from hubkiln.build import build
+from hubkiln.guest import settings as guest_settings
 from hubkiln.profile import PROJECT_DIR, load_profile
 from hubkiln.render import output_dir
 from hubkiln.vm import Vm, VmSpec, create_data_disk_command, free_port
@@ -85,10 +86,12 @@ def notebook() -> dict[str, Any]:
 
 
 class Guest:
-    """A booted image: SSH as the admin, HTTPS through the forwarded front."""
+    """A booted image: SSH as the admin's SSH account, HTTPS through the forwarded front;
+    `codes`: the students' enrolment codes issued with its launch settings."""
 
-    def __init__(self, vm: Vm, key: Path, admin: str, https_port: int):
-        self.vm, self.key, self.admin = vm, key, admin
+    def __init__(self, vm: Vm, key: Path, admin: str, https_port: int,
+                 codes: dict[str, str]):
+        self.vm, self.key, self.admin, self.codes = vm, key, admin, codes
         self.front = helpers.Front("127.0.0.1", https_port, None)
 
     def sh(self, command: str) -> str:
@@ -109,22 +112,23 @@ def booted(image: Path, data_disk: Path, work: Path, admins: list[str],
     launch_file = work / "launch.yaml"
     launch_file.write_text(yaml.safe_dump({"hostname": "hubkiln-newterm", "admins": admins,
                                            "users": users, "ssh_authorized_keys": [public]}))
-    settings = launch.load_launch(launch_file)
+    settings, credentials = launch.issue_credentials(launch.load_launch(launch_file))
+    operator = guest_settings().operator_name(admins[0])
     iso = work / "seed.iso"
     launch.write_seed(settings, iso=iso)
     ports = {22: free_port(), 443: free_port()}
     spec = VmSpec(image=image, seed_iso=iso, serial_log=work / "serial.log",
                   forwards=ports, data_disk=data_disk)
     with Vm(spec) as vm:
-        vm.wait_for_ssh(admins[0], key, timeout=BOOT_TIMEOUT)
+        vm.wait_for_ssh(operator, key, timeout=BOOT_TIMEOUT)
         url = launch.login_url(ports[443])
         started = time.monotonic()
         while not launch.login_page_answers(url):
             assert time.monotonic() - started < BOOT_TIMEOUT, f"no login page at {url}"
             time.sleep(5)
-        yield Guest(vm, key, admins[0], ports[443])
+        yield Guest(vm, key, operator, ports[443], credentials.enrolment_codes)
         # Cleanly, as before an OS disk swap (on a failure above, Vm just stops qemu).
-        stopped = vm.power_off(admins[0], key)
+        stopped = vm.power_off(operator, key)
     assert stopped, "the guest did not power off within 3 minutes"
 
 
@@ -151,7 +155,8 @@ def term1(tmp_path_factory, image: Path) -> dict[str, Any]:
     with booted(image, work / "home.qcow2", work / "boot1", ["teacher"],
                 [STUDENT, "student2"]) as guest:
         facts = home_facts(guest)
-        session = helpers.login_and_spawn(guest.client(), STUDENT, PASSWORD)
+        session = helpers.login_and_spawn(guest.client(), STUDENT, PASSWORD,
+                                          code=guest.codes[STUDENT])
         base = f"/user/{STUDENT}"
         session.client.get(f"{base}/lab")  # sets the server's _xsrf cookie
         status, _, text = session.client.request(
@@ -162,7 +167,7 @@ def term1(tmp_path_factory, image: Path) -> dict[str, Any]:
                      "Content-Type": "application/json"})
         assert status in (200, 201), f"saving the notebook: HTTP {status}: {text[:300]}"
         facts["owner"] = guest.sh(f"stat -c %u:%g:%U /home/{STUDENT}/{NOTEBOOK}").strip()
-        facts["ids"] = ids(guest, STUDENT, "teacher")
+        facts["ids"] = ids(guest, STUDENT, "teacher-admin")
         facts["sha256"] = guest.sh(f"sha256sum /home/{STUDENT}/{NOTEBOOK}").split()[0]
     return {**facts, "work": work}
 
@@ -175,7 +180,7 @@ def term2(term1) -> dict[str, Any]:
     with booted(image, work / "home.qcow2", work / "boot2", ["teacher2", "teacher"],
                 ["student2", STUDENT]) as guest:
         facts = home_facts(guest)
-        facts["ids_at_boot"] = ids(guest, STUDENT, "teacher", "teacher2")
+        facts["ids_at_boot"] = ids(guest, STUDENT, "teacher-admin", "teacher2-admin")
         facts["owner"] = guest.sh(f"stat -c %u:%g:%U /home/{STUDENT}/{NOTEBOOK}").strip()
         # The first-use password of term 1 came along on the data disk: no one can
         # claim the name with a new password.
@@ -206,8 +211,8 @@ def test_term2_keeps_the_data_disk_as_it_is(term1, term2):
 
 def test_the_student_and_the_admin_keep_their_uids(term1, term2):
     assert term2["ids_at_boot"][STUDENT] == term1["ids"][STUDENT]  # restored before any login
-    assert term2["ids_at_boot"]["teacher"] == term1["ids"]["teacher"]
-    assert term2["ids_at_boot"]["teacher2"] not in term1["ids"].values()
+    assert term2["ids_at_boot"]["teacher-admin"] == term1["ids"]["teacher-admin"]
+    assert term2["ids_at_boot"]["teacher2-admin"] not in term1["ids"].values()
 
 
 def test_the_notebook_is_still_the_students(term1, term2):

@@ -23,11 +23,13 @@ import re
 import socket
 import ssl
 import struct
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,9 +41,28 @@ HUB_PY = "/opt/hubkiln/hub/bin/python"
 DEFAULT_PASSWORD = "hubkiln-test-password-1"
 
 
+#: What only the VM engine proves (hubkiln/imagetest.py): a container of the image
+#: shares the build host's kernel, has no boot loader or firewall of its own as the
+#: host sees it, and this host's cgroup v1 controllers may not enforce limits.
+NEEDS = {
+    "boot": "the image's own boot: mounts, units ordered at boot",
+    "kernel": "the image's own kernel: sysctls, modules, AppArmor",
+    "firewall": "the guest's nftables and fail2ban bans, as a client sees them",
+    "limits": "cgroup limits enforced by the image's kernel",
+    "filesystem": "the image's own ext4 file systems (quotas)",
+    "disk": "a data disk attached to the machine",
+    "audit": "auditd",
+    "reboot": "a reboot of the machine",
+    "lynis": "the Lynis audit of the whole machine",
+    "network": "the build host's own network (pip-audit asks its vulnerability service)",
+}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "disruptive: hurts the guest on purpose; runs last")
     config.addinivalue_line("markers", "reboot: reboots the guest; runs after everything")
+    config.addinivalue_line("markers", "needs(what): proven only in the VM engine, for "
+                            f"what it needs ({', '.join(NEEDS)})")
 
 
 def run_order(item: pytest.Item) -> int:
@@ -61,6 +82,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=run_order)  # stable: file order within each group
     faults = os.environ.get("HUBKILN_TEST_FAULTS", "") not in ("", "0")
     for item in items:
+        for mark in item.iter_markers("needs"):
+            unknown = [what for what in mark.args if what not in NEEDS]
+            if unknown or not mark.args:
+                raise pytest.UsageError(f"{item.nodeid}: needs({', '.join(unknown)}): "
+                                        f"say what it needs, one of {', '.join(NEEDS)}")
         if run_order(item) and not faults:
             item.add_marker(pytest.mark.skip(reason=(
                 "fault and reboot tests run on request: `invoke build --faults`, `invoke "
@@ -138,8 +164,29 @@ def _as_root(request: pytest.FixtureRequest):
     with as_root(host):
         if id(host) not in _READY_HOSTS:
             wait_for_hub(host)
+            ignore_test_host(host, True)
             _READY_HOSTS.add(id(host))
         yield
+
+
+#: The address the guest sees the tests come from: qemu's user network gateway (the
+#: container engine's tests come from 127.0.0.1, which fail2ban always ignores).
+TEST_CLIENT_ADDRESS = os.environ.get("HUBKILN_TEST_CLIENT_ADDRESS", "10.0.2.2")
+HUB_JAIL = "hubkiln-hub"
+
+
+def ignore_test_host(host: Any, ignore: bool) -> None:
+    """Have fail2ban's hub jail ignore the test host (or stop ignoring it). Many tests
+    fail logins on purpose; only test_hostile_login_throttle wants the ban. Images
+    without the jail (hardening off) have nothing to change."""
+    verb = "addignoreip" if ignore else "delignoreip"
+    host.run(f"fail2ban-client set {HUB_JAIL} {verb} {TEST_CLIENT_ADDRESS}")
+
+
+@pytest.fixture
+def hub_jail_ignores_the_test_host(host: Any):
+    """hub_jail_ignores_the_test_host(False) lets the hub jail ban the test host."""
+    return lambda ignore: ignore_test_host(host, ignore)
 
 
 def unit_journal(host: Any, unit: str, lines: int = 60) -> str:
@@ -164,14 +211,66 @@ def settings(host: Any) -> dict[str, Any]:
     return yaml.safe_load(result.stdout)
 
 
+@pytest.fixture(scope="session")
+def given_launch() -> dict[str, Any]:
+    """The launch settings the guest was booted with, as the build checked them
+    (HUBKILN_TEST_LAUNCH), with every key; the issued hashes come from `credentials`."""
+    path = os.environ.get("HUBKILN_TEST_LAUNCH")
+    if not path:
+        pytest.skip("needs HUBKILN_TEST_LAUNCH: the launch file the guest was booted with")
+    from hubkiln.launch import load_launch
+
+    return dict(load_launch(path, openssl=False).data)
+
+
 @pytest.fixture(scope="module")
-def launch(host: Any) -> dict[str, Any]:
-    """The launch settings cloud-init wrote, or {} when the guest got none."""
-    with as_root(host):
-        launch_file = host.file("/etc/hubkiln/launch.yaml")
-        if not launch_file.exists:
-            return {}
-        return yaml.safe_load(launch_file.content_string) or {}
+def launch(given_launch: dict[str, Any]) -> dict[str, Any]:
+    """The launch settings given (never read back from the image)."""
+    return given_launch
+
+
+@pytest.fixture(scope="session")
+def expected(given_launch: dict[str, Any]) -> dict[str, Any]:
+    """The hub settings the guest must run with, worked out on the host from the profile
+    (HUBKILN_TEST_PROFILE) and the launch settings given, with the image's own merge rule."""
+    path = os.environ.get("HUBKILN_TEST_PROFILE")
+    if not path:
+        pytest.skip("needs HUBKILN_TEST_PROFILE: the profile the image was built from")
+    from hubkiln.guest import settings as guest_settings
+    from hubkiln.profile import load_profile
+    from hubkiln.provision import hub_settings
+
+    rules = guest_settings()
+    merged = rules.merge(rules.DEFAULTS, hub_settings(load_profile(path)))
+    return rules.merge(merged, {key: given_launch[key] for key in ("admins", "users")})
+
+
+@pytest.fixture(scope="session")
+def hardening() -> dict[str, Any]:
+    """The hardening settings of the profile the image was built from, checked as
+    80-hardening.sh checks them (HUBKILN_TEST_PROFILE); skips when the profile turns
+    hardening off."""
+    path = os.environ.get("HUBKILN_TEST_PROFILE")
+    if not path:
+        pytest.skip("needs HUBKILN_TEST_PROFILE: the profile the image was built from")
+    import importlib.util
+
+    from hubkiln.profile import PROJECT_DIR, load_profile
+    from hubkiln.provision import hardening_settings
+
+    helper = PROJECT_DIR / "provision" / "files" / "hardening" / "hubkiln_hardening.py"
+    spec = importlib.util.spec_from_file_location("hubkiln_hardening_rules", helper)
+    assert spec and spec.loader
+    rules = importlib.util.module_from_spec(spec)
+    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(rules)
+    finally:
+        sys.dont_write_bytecode = previous
+    settings = rules.check_settings(hardening_settings(load_profile(path)))
+    if not settings["enabled"]:
+        pytest.skip("the profile turns hardening off (hardening.enabled: false)")
+    return settings
 
 
 @dataclass(frozen=True)
@@ -222,6 +321,28 @@ def tls_context() -> ssl.SSLContext:
 @pytest.fixture(scope="session")
 def student_password() -> str:
     return os.environ.get("HUBKILN_TEST_PASSWORD", DEFAULT_PASSWORD)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The secrets issued with the launch settings the guest was given
+    (hubkiln.launch.issue_credentials): the admins' hub passwords and the students'
+    enrolment codes, from HUBKILN_TEST_CREDENTIALS (a JSON file; `invoke test` writes it)."""
+
+    admin_passwords: dict[str, str]
+    enrolment_codes: dict[str, str]
+
+    def admin_password(self, name: str) -> str:
+        if name not in self.admin_passwords:
+            pytest.skip(f"no hub password of admin {name} (HUBKILN_TEST_CREDENTIALS)")
+        return self.admin_passwords[name]
+
+
+@pytest.fixture(scope="session")
+def credentials() -> Credentials:
+    path = os.environ.get("HUBKILN_TEST_CREDENTIALS")
+    data = json.loads(Path(path).read_text(encoding="utf-8")) if path else {}
+    return Credentials(data.get("admin_passwords", {}), data.get("enrolment_codes", {}))
 
 
 class HubClient:
@@ -302,15 +423,16 @@ SPAWN_TIMEOUT = float(os.environ.get("HUBKILN_TEST_SPAWN_TIMEOUT", "420"))
 
 
 def login_and_spawn(client: HubClient, name: str, password: str,
-                    timeout: float = SPAWN_TIMEOUT) -> StudentSession:
-    """First login (firstuse sets the password), then wait until the server is ready."""
+                    timeout: float = SPAWN_TIMEOUT, code: str = "") -> StudentSession:
+    """First login (firstuse sets the password, with the enrolment `code`), then wait
+    until the server is ready."""
     status, _, page, _ = client.get("/hub/login")
     assert status == 200, f"login page: HTTP {status}"
     xsrf = XSRF_FIELD.search(page)
     assert xsrf, "the login form has no _xsrf field"
     status, headers, text = client.request(
         "POST", "/hub/login?next=%2F%2Fevil.example%2Fx",
-        form={"_xsrf": xsrf.group(1), "username": name, "password": password})
+        form={"_xsrf": xsrf.group(1), "username": name, "password": password, "otp": code})
     assert status == 302, f"login refused (HTTP {status}): {text[:500]}"
     location = headers.get("Location", "")
     started = time.monotonic()
@@ -343,6 +465,7 @@ def _student_sessions() -> dict[str, StudentSession]:
 
 @pytest.fixture(scope="module")
 def student(host: Any, settings: dict[str, Any], hub_client, student_password: str,
+            credentials: Credentials,
             _student_sessions: dict[str, StudentSession]) -> StudentSession:
     """The first roster student (or HUBKILN_TEST_STUDENT), logged in with a running server."""
     if settings["authenticator"] != "firstuse":
@@ -353,7 +476,9 @@ def student(host: Any, settings: dict[str, Any], hub_client, student_password: s
         pytest.skip("no student on the roster (launch setting 'users')")
     if name not in _student_sessions:
         try:
-            _student_sessions[name] = login_and_spawn(hub_client(), name, student_password)
+            _student_sessions[name] = login_and_spawn(
+                hub_client(), name, student_password,
+                code=credentials.enrolment_codes.get(name, ""))
         except AssertionError as error:
             with as_root(host):
                 raise AssertionError(
@@ -537,13 +662,15 @@ def open_kernel(front: Front, tls_context: ssl.SSLContext):
 
 
 @pytest.fixture(scope="module")
-def log_in(host: Any, hub_client, student_password: str,
+def log_in(host: Any, hub_client, student_password: str, credentials: Credentials,
            _student_sessions: dict[str, StudentSession]):
     """log_in(name) -> that roster student's session, logged in with a running server."""
     def logged_in(name: str) -> StudentSession:
         if name not in _student_sessions:
             try:
-                _student_sessions[name] = login_and_spawn(hub_client(), name, student_password)
+                _student_sessions[name] = login_and_spawn(
+                    hub_client(), name, student_password,
+                    code=credentials.enrolment_codes.get(name, ""))
             except AssertionError as error:
                 with as_root(host):
                     raise AssertionError(
@@ -552,7 +679,7 @@ def log_in(host: Any, hub_client, student_password: str,
     return logged_in
 
 
-def post_login(client: HubClient, name: str, password: str,
+def post_login(client: HubClient, name: str, password: str, code: str = "",
                ) -> tuple[int, dict[str, str], str]:
     """Fill in and send the login form as a browser does: (status, headers, text)."""
     status, _, page, _ = client.get("/hub/login")
@@ -560,7 +687,7 @@ def post_login(client: HubClient, name: str, password: str,
     xsrf = XSRF_FIELD.search(page)
     assert xsrf, "the login form has no _xsrf field"
     return client.request("POST", "/hub/login", form={
-        "_xsrf": xsrf.group(1), "username": name, "password": password})
+        "_xsrf": xsrf.group(1), "username": name, "password": password, "otp": code})
 
 
 def form_login(client: HubClient, name: str, password: str) -> str:
@@ -585,13 +712,14 @@ def login_form():
 
 @pytest.fixture(scope="module")
 def admin_client(launch: dict[str, Any], settings: dict[str, Any], hub_client,
-                 student_password: str) -> tuple[str, HubClient]:
-    """(name, client) of the first launch admin, logged in through the form."""
+                 credentials: Credentials) -> tuple[str, HubClient]:
+    """(name, client) of the first launch admin, logged in through the form with the
+    password issued at launch."""
     admins = list(launch.get("admins") or [])
     if not admins:
         pytest.skip("no admin in the launch settings")
     if settings["authenticator"] != "firstuse":
         pytest.skip("the form login is tested with firstuse")
     client = hub_client()
-    form_login(client, admins[0], student_password)
+    form_login(client, admins[0], credentials.admin_password(admins[0]))
     return admins[0], client

@@ -38,8 +38,9 @@ def shots(tmp_path: Path) -> Path:
     return folder
 
 
-def log_in(browser, front, name: str, password: str, next_path: str = ""):
-    """A fresh browser context on the login page, with the form filled in and sent."""
+def log_in(browser, front, name: str, password: str, next_path: str = "", code: str = ""):
+    """A fresh browser context on the login page, with the form filled in and sent
+    (the enrolment code in the form's second field, as a student types it)."""
     context = browser.new_context(ignore_https_errors=True,  # self-signed at first boot
                                   viewport={"width": 1280, "height": 800})
     page = context.new_page()
@@ -47,6 +48,8 @@ def log_in(browser, front, name: str, password: str, next_path: str = ""):
     page.goto(front.url("/hub/login" + (f"?next={next_path}" if next_path else "")))
     page.fill("input[name=username]", name)
     page.fill("input[name=password]", password)
+    if code:
+        page.fill("input[name=otp]", code.lower().replace("-", " "))
     page.click("[type=submit]")
     return context, page
 
@@ -59,12 +62,13 @@ def second_student(settings) -> str:
 
 
 def test_student_gets_jupyterlab_in_a_browser(host, browser, front, settings, student_password,
-                                              shots, journal):
+                                              credentials, shots, journal):
     """The second student logs in for the first time, and JupyterLab renders."""
     if settings["authenticator"] != "firstuse":
         pytest.skip("the browser login is tested with the firstuse form")
     name = second_student(settings)
-    context, page = log_in(browser, front, name, student_password)
+    context, page = log_in(browser, front, name, student_password,
+                           code=credentials.enrolment_codes.get(name, ""))
     try:
         page.wait_for_url(f"**/user/{name}/**")
         page.wait_for_selector("#jp-main-dock-panel, .jp-LabShell, #notebook-container")
@@ -84,14 +88,15 @@ def test_student_gets_jupyterlab_in_a_browser(host, browser, front, settings, st
 
 
 def test_admin_sees_the_students_in_the_admin_panel(browser, front, settings, launch,
-                                                    student_password, shots):
+                                                    credentials, shots):
     if settings["authenticator"] != "firstuse":
         pytest.skip("the browser login is tested with the firstuse form")
     admins = list(launch.get("admins") or [])
     if not admins:
         pytest.skip("no admin in the launch settings")
     # Straight to the admin page: the hub's home page would start the admin's own server.
-    context, page = log_in(browser, front, admins[0], student_password, "/hub/admin")
+    context, page = log_in(browser, front, admins[0], credentials.admin_password(admins[0]),
+                           "/hub/admin")
     try:
         page.wait_for_url("**/hub/admin**")
         for name in settings["users"]:

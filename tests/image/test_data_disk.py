@@ -6,7 +6,11 @@ The data-disk checks skip (with the reason) when the guest has no data disk:
 
 from __future__ import annotations
 
+import json
+
 import pytest
+
+pytestmark = pytest.mark.needs("disk")
 
 UNIT = "hubkiln-data-disk.service"
 REGISTRY = "/home/.hubkiln/accounts"
@@ -47,7 +51,36 @@ def test_home_is_the_labelled_data_disk_without_devices_or_setuid(host, data_dis
     assert host.run(f"blkid -s LABEL -o value {data_disk}").stdout.strip() == "hubkiln-home"
     fstype, options = host.run(HOME_MOUNT.format(columns="FSTYPE,OPTIONS")).stdout.split()
     assert fstype == "ext4", journal(UNIT)
-    assert {"nodev", "nosuid", "rw"} <= set(options.split(","))
+    assert {"nodev", "nosuid", "rw", "usrquota"} <= set(options.split(","))
+
+
+def test_the_data_disk_has_a_quota_file_not_the_ext4_quota_feature(host, data_disk, journal):
+    """usrquota and /home/aquota.user (made at boot by hubkiln-quota.service), never the
+    ext4 quota feature: with it a kernel without quota_v2 could not mount /home
+    writable. test_hostile_quota.py tries to break the limit."""
+    header = host.run(f"dumpe2fs -h {data_disk}").stdout
+    features = next(line for line in header.splitlines()
+                    if line.startswith("Filesystem features:")).split()[2:]
+    assert "quota" not in features, features
+    quota_file = host.file("/home/aquota.user")
+    assert quota_file.exists, "no /home/aquota.user" + journal("hubkiln-quota.service")
+    assert (quota_file.user, quota_file.mode) == ("root", 0o600)
+
+
+def test_the_os_disk_records_which_data_disk_holds_home(host, data_disk):
+    """Without the record a missing data disk at the next boot would go unnoticed and
+    students would write into the OS disk's /home."""
+    record = host.file("/var/lib/hubkiln/data-disk.json")
+    assert record.exists, "no /var/lib/hubkiln/data-disk.json"
+    uuid = host.run(f"blkid -s UUID -o value {data_disk}").stdout.strip()
+    assert json.loads(record.content_string)["uuid"] == uuid
+
+
+def test_the_hub_state_folder_is_on_the_data_disk(host, data_disk):
+    folder = host.file("/home/.hubkiln/hub")
+    assert folder.is_directory and folder.user == "root" and folder.mode == 0o700
+    assert host.run("findmnt -no SOURCE --target /home/.hubkiln/hub | tail -n1"
+                    ).stdout.strip() == data_disk
 
 
 def disk_of(host, device: str) -> str:

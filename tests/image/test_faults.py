@@ -9,17 +9,19 @@ the reboot in test_reboot.py.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 
 import pytest
 
-from hubkiln.profile import parse_size
+from hubkiln.profile import load_profile, parse_size
 
 pytestmark = pytest.mark.disruptive
 
 HUB_PY = "/opt/hubkiln/hub/bin/python"
 HUB_DB = "/var/lib/hubkiln/hub/jupyterhub.sqlite"
+MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,7 @@ def oom_kills(host) -> int:
                         "|| true").stdout.strip() or 0)  # grep -c exits 1 on zero matches
 
 
+@pytest.mark.needs("limits")
 def test_memory_hog_kills_only_its_own_kernel(host, settings, student, other, open_kernel,
                                               journal):
     unit = f"jupyter-{student.name}-singleuser"
@@ -87,6 +90,7 @@ subprocess.Popen(["timeout", "-s", "KILL", "{BOMB_SECONDS}", "bash", "-c", "b() 
 """
 
 
+@pytest.mark.needs("limits")
 def test_fork_bomb_is_contained_and_the_hub_stays_quick(host, settings, student, other,
                                                         open_kernel, hub_client):
     unit = f"jupyter-{student.name}-singleuser"
@@ -121,37 +125,73 @@ def test_fork_bomb_is_contained_and_the_hub_stays_quick(host, settings, student,
     assert server_answers(student)
 
 
-def test_one_full_home_does_not_stop_the_others(host, student, other, open_kernel,
-                                                hub_client, login_form, student_password):
+@pytest.fixture(scope="module")
+def profile_disk_limit() -> int | None:
+    """The profile's hub.limits.disk in bytes (None: no quota), from HUBKILN_TEST_PROFILE."""
+    path = os.environ.get("HUBKILN_TEST_PROFILE")
+    if not path:
+        pytest.skip("needs HUBKILN_TEST_PROFILE (the profile the image was built from)")
+    limit = load_profile(path)["hub"]["limits"]["disk"]
+    return parse_size(limit) if limit else None
+
+
+@pytest.mark.needs("filesystem")
+def test_one_student_filling_their_home_does_not_stop_the_others(
+        host, student, other, open_kernel, hub_client, login_form, student_password,
+        profile_disk_limit):
+    """A student's kernel takes all the space it can (fallocate, halving from 1 TiB).
+    With a quota (hub.limits.disk) the kernel stops it at the quota, with EDQUOT, and
+    the disk keeps room; with none (null) it fills the disk (ENOSPC). Either way the
+    others still log in, open JupyterLab and save, and the hub's database is intact."""
     filler = open_kernel(student)
     home = host.user(student.name).home
+    free_before = int(host.run(f"df --output=avail --block-size=1 {home} | tail -n1").stdout)
+    if profile_disk_limit is not None:
+        assert profile_disk_limit + 256 * MIB < free_before, (
+            f"the quota ({profile_disk_limit >> 20} MiB) is not below the free space of "
+            f"{home}'s file system ({free_before >> 20} MiB): one student can still fill it. "
+            "Give the image a bigger disk or a data disk, or lower hub.limits.disk")
     try:
         run = filler.execute(
-            "import os\n"
+            "import errno, os\n"
             "fd = os.open('fill.bin', os.O_CREAT | os.O_WRONLY, 0o600)\n"
-            "size = 1 << 40\n"
+            "size, last = 1 << 40, 0\n"
             "while size >= 1 << 20:\n"
             "    try:\n"
             "        os.posix_fallocate(fd, os.fstat(fd).st_size, size)\n"
-            "    except OSError:\n"
-            "        size //= 2\n"
+            "    except OSError as error:\n"
+            "        last, size = error.errno, size // 2\n"
             "os.close(fd)\n"
-            "print(os.statvfs('.').f_bavail)\n", timeout=600)
+            "st = os.statvfs('.')\n"
+            "print(errno.errorcode.get(last, last), os.stat('fill.bin').st_blocks * 512,"
+            " st.f_bavail * st.f_frsize)\n", timeout=600)
         assert run.error is None, run.error
-        assert int(run.stdout.split()[-1]) < 256, "the student could not fill the disk"
+        refused, taken, free = run.stdout.split()[-3:]
+        if profile_disk_limit is None:
+            assert (refused, int(free) < 256 * 4096) == ("ENOSPC", True), (
+                f"the student could not fill the disk: {refused}, {int(free) >> 20} MiB free")
+        else:
+            assert (refused, int(taken) <= profile_disk_limit) == ("EDQUOT", True), (
+                f"the quota did not stop the student: {refused} after {int(taken) >> 20} MiB "
+                f"(quota {profile_disk_limit >> 20} MiB)")
+            assert int(free) > 128 * MIB, f"only {int(free) >> 20} MiB left on the disk"
+        saved = host.run(f"runuser -u {other.name} -- bash -c 'head -c 65536 /dev/zero > "
+                         f"{host.user(other.name).home}/after-fill.bin'")
+        if profile_disk_limit is not None:
+            assert saved.rc == 0, f"{other.name} cannot save: {saved.stderr}"
         fresh = hub_client()
         status, _, text = login_form(fresh, other.name, student_password)
-        assert status == 302, f"{other.name} cannot log in with a full disk: HTTP {status}"
+        assert status == 302, f"{other.name} cannot log in with a full home: HTTP {status}"
         # The browser's way in: the server logs the client in through the hub's OAuth.
         status, _, text, _ = fresh.get(f"/user/{other.name}/lab")
-        assert status == 200, f"{other.name} cannot open JupyterLab with a full disk: {text[:300]}"
+        assert status == 200, f"{other.name} cannot open JupyterLab with a full home: {text[:300]}"
         status, _, text, _ = fresh.get(f"/user/{other.name}/api/status")
-        assert status == 200, f"{other.name} cannot use the hub with a full disk: {text[:300]}"
+        assert status == 200, f"{other.name} cannot use the hub with a full home: {text[:300]}"
         check = host.run(f"{HUB_PY} -c \"import sqlite3; print(sqlite3.connect('{HUB_DB}')"
                          ".execute('pragma integrity_check').fetchone()[0])\"")
         assert check.stdout.strip() == "ok", check.stdout + check.stderr
     finally:
-        host.run(f"rm -f {home}/fill.bin")
+        host.run(f"rm -f {home}/fill.bin {host.user(other.name).home}/after-fill.bin")
         filler.shutdown()
 
 

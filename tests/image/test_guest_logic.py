@@ -47,7 +47,7 @@ def test_dropins_merge_in_lexical_order(tmp_path):
     settings = hub.load_settings(tmp_path)
     assert settings["admins"] == ["ann", "bob"]  # admins accumulate
     assert settings["users"] == ["alice"]  # other lists replace
-    assert settings["limits"] == {"memory": "2G", "cpu": 2, "tasks": 512}  # mappings merge
+    assert settings["limits"] == {"memory": "2G", "cpu": 2, "tasks": 512, "disk": "2G"}  # merge
 
 
 def test_every_problem_is_reported_with_file_and_key(tmp_path):
@@ -140,3 +140,111 @@ def test_caddyfiles():
     assert "redir https://{host}{uri} 308" in files and "reverse_proxy 127.0.0.1:8000" in files
     acme = hub.render_caddyfile("acme", domain="hub.example.org", email="t@example.org")
     assert "hub.example.org {" in acme and "email t@example.org" in acme and "tls " not in acme
+
+
+def test_the_front_sets_the_clients_address_and_security_headers():
+    self_signed = hub.render_caddyfile("files", certificate=hub.SELF_SIGNED_CERT,
+                                       key=hub.SELF_SIGNED_KEY)
+    provided = hub.render_caddyfile("files", certificate=hub.PROVIDED_CERT,
+                                    key=hub.PROVIDED_KEY)
+    acme = hub.render_caddyfile("acme", domain="hub.example.org")
+    for config in (self_signed, provided, acme):
+        # The hub reads X-Real-Ip first: the front sets it, whatever the client sent.
+        assert "header_up X-Real-Ip {remote_host}" in config
+        assert "X-Content-Type-Options nosniff" in config
+        assert "Referrer-Policy same-origin" in config
+    # HSTS only with a real certificate.
+    assert "Strict-Transport-Security" not in self_signed
+    assert "Strict-Transport-Security" in provided and "Strict-Transport-Security" in acme
+
+
+@pytest.mark.skipif(not Path("/usr/bin/caddy").exists(), reason="needs caddy (apt-get install "
+                    "caddy) to check the front configs")
+def test_caddy_accepts_every_front_config(tmp_path):
+    import subprocess
+
+    for name, config in {
+        "self-signed": hub.render_caddyfile("files", certificate=hub.SELF_SIGNED_CERT,
+                                            key=hub.SELF_SIGNED_KEY),
+        "acme": hub.render_caddyfile("acme", domain="hub.example.org", email="t@example.org"),
+    }.items():
+        (tmp_path / name).write_text(config)
+        result = subprocess.run(["/usr/bin/caddy", "adapt", "--config", str(tmp_path / name),
+                                 "--adapter", "caddyfile"], capture_output=True, text=True,
+                                env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, f"{name}: {result.stderr[-500:]}"
+
+
+# ---- logins (hubkiln_auth): the rules, without JupyterHub
+
+auth = load("hubkiln_auth", FILES / "hub" / "hubkiln_auth.py")
+
+
+def test_secret_hashes_verify_only_their_secret():
+    stored = auth.hash_secret("correct horse")
+    assert auth.is_supported_hash(stored)
+    assert auth.verify_secret("correct horse", stored)
+    assert not auth.verify_secret("correct hors", stored)
+    assert not auth.verify_secret("correct horse", stored[:-1] + "0")
+    for bogus in ("", "plain", "pbkdf2-sha256$1$s$" + "0" * 64, "$2b$12$short"):
+        assert not auth.is_supported_hash(bogus) and not auth.verify_secret("x", bogus)
+    # Every hash the module makes passes the settings' own pattern (one format, two sides).
+    assert hub.SECRET_HASH.fullmatch(stored)
+
+
+def test_enrolment_codes_forgive_case_spaces_and_dashes():
+    assert auth.normalise_code("k7qm 4xpa9rtw") == "K7QM-4XPA-9RTW"
+    assert auth.normalise_code(" K7QM-4XPA-9RTW ") == "K7QM-4XPA-9RTW"
+    assert auth.normalise_code("K7QM-4XPA-9RTX") != "K7QM-4XPA-9RTW"
+
+
+def test_a_guessed_name_is_locked_after_the_failures_and_freed_later():
+    now = [1000.0]
+    guard = auth.LoginGuard(max_failures=3, window=60, lockout=120, clock=lambda: now[0])
+    assert not guard.failed("alice") and not guard.failed("alice")
+    assert guard.locked("alice") == 0
+    assert guard.failed("alice")  # the third: locked now
+    assert guard.locked("alice") == pytest.approx(120)
+    assert guard.locked("bob") == 0  # one name's failures never lock another
+    now[0] += 121
+    assert guard.locked("alice") == 0
+    # Failures outside the window do not add up; a success forgets them.
+    guard.failed("carol")
+    now[0] += 61
+    assert not guard.failed("carol") and not guard.failed("carol")
+    guard.succeeded("carol")
+    assert not guard.failed("carol")
+
+
+def test_spent_codes_are_remembered_in_a_private_file(tmp_path):
+    spent = auth.SpentCodes(tmp_path / "hub" / "enrolment-spent")
+    stored = auth.hash_secret("ABCD-EFGH-JKLM", iterations=1000)
+    assert stored not in spent
+    spent.spend(stored)
+    assert stored in spent and auth.SpentCodes(spent.path).__contains__(stored)
+    assert oct(spent.path.stat().st_mode & 0o777) == "0o600"
+    assert oct(spent.path.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_hashes_name_only_listed_people(tmp_path):
+    digest = auth.hash_secret("x", iterations=1000)
+    write(tmp_path, "00-profile.yaml", "admins: [ann]\nusers: [alice]\n")
+    write(tmp_path, "50-launch.yaml", f"admin_password_hashes: {{bob: '{digest}'}}\n"
+          f"enrolment_code_hashes: {{alice: '{digest}', eve: '{digest}'}}\n")
+    with pytest.raises(hub.SettingsError) as error:
+        hub.load_settings(tmp_path)
+    assert "admin_password_hashes: \"bob\" not in admins" in str(error.value)
+    assert "enrolment_code_hashes: \"eve\" not in users" in str(error.value)
+    write(tmp_path, "50-launch.yaml", "admin_password_hashes: {ann: 'plaintext'}\n")
+    with pytest.raises(hub.SettingsError, match="admin_password_hashes.ann: .* is not a bcrypt"):
+        hub.load_settings(tmp_path)
+
+
+def test_reserved_names_are_one_rule(tmp_path):
+    for name in ("root", "adm", "sudo", "ubuntu", "hubkiln-x", "systemd-y"):
+        assert hub.reserved_name_problem(name), name
+    assert hub.reserved_name_problem("alice") is None
+    problems = apply_launch.account_problems({"admins": ["adm"], "users": ["sudo", "alice"]})
+    assert any("'adm' is reserved" in p for p in problems)
+    assert any("'sudo' is reserved" in p for p in problems)
+    assert not any("alice" in p for p in problems)

@@ -3,9 +3,7 @@ cron files root-only."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,16 +11,6 @@ ALLOWLIST = Path(__file__).resolve().parents[2] / "provision/files/hardening/sui
 #: Folders whose content changes at run time and belongs to services or users.
 SKIP = "-path /proc -prune -o -path /sys -prune -o -path /run -prune -o -path /dev -prune -o"
 
-
-@pytest.fixture(scope="module")
-def hardening(host: Any) -> dict[str, Any]:
-    """The hardening settings baked into the image; skips when hardening is off."""
-    with host.sudo():
-        found = host.file("/etc/hubkiln/hardening.json")
-        settings = json.loads(found.content_string) if found.exists else {}
-    if not settings.get("enabled"):
-        pytest.skip("hardening.enabled is false in this image (or 80-hardening.sh did not run)")
-    return settings
 
 
 def allowed_suid() -> set[str]:

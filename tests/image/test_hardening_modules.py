@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
+
+#: Proven in the VM only (the image's own kernel): see hubkiln/imagetest.py, engines.
+pytestmark = pytest.mark.needs("kernel")
 
 MODULES = ["cramfs", "freevxfs", "hfs", "hfsplus", "jffs2", "usb-storage"]
 
-
-@pytest.fixture(scope="module")
-def hardening(host: Any) -> dict[str, Any]:
-    """The hardening settings baked into the image; skips when hardening is off."""
-    with host.sudo():
-        found = host.file("/etc/hubkiln/hardening.json")
-        settings = json.loads(found.content_string) if found.exists else {}
-    if not settings.get("enabled"):
-        pytest.skip("hardening.enabled is false in this image (or 80-hardening.sh did not run)")
-    return settings
 
 
 @pytest.mark.parametrize("module", MODULES)

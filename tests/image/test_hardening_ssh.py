@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -25,16 +24,6 @@ EXPECTED = {
 WEAK = ("cbc", "arcfour", "3des", "hmac-md5", "hmac-sha1", "umac-64", "diffie-hellman-group1-",
         "diffie-hellman-group14-sha1", "diffie-hellman-group-exchange-sha1")
 
-
-@pytest.fixture(scope="module")
-def hardening(host: Any) -> dict[str, Any]:
-    """The hardening settings baked into the image; skips when hardening is off."""
-    with host.sudo():
-        found = host.file("/etc/hubkiln/hardening.json")
-        settings = json.loads(found.content_string) if found.exists else {}
-    if not settings.get("enabled"):
-        pytest.skip("hardening.enabled is false in this image (or 80-hardening.sh did not run)")
-    return settings
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,9 @@ and no pending security update in the freshly baked image."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
-
-
-@pytest.fixture(scope="module")
-def hardening(host: Any) -> dict[str, Any]:
-    """The hardening settings baked into the image; skips when hardening is off."""
-    with host.sudo():
-        found = host.file("/etc/hubkiln/hardening.json")
-        settings = json.loads(found.content_string) if found.exists else {}
-    if not settings.get("enabled"):
-        pytest.skip("hardening.enabled is false in this image (or 80-hardening.sh did not run)")
-    return settings
 
 
 def apt_value(host: Any, key: str) -> str:

@@ -50,7 +50,8 @@ def test_config_value(config, key, expected):
     assert config.get(key) == expected
 
 
-def test_no_admin_access_and_an_explicit_allow_list(config, settings):
+def test_no_admin_access_and_an_explicit_allow_list(config, expected):
+    settings = expected
     assert "JupyterHub.admin_access" not in config
     if settings["authenticator"] in ("native", "lti13") and not settings["users"]:
         pytest.skip(f"'{settings['authenticator']}' without a roster lets its own approval decide")
@@ -62,19 +63,20 @@ def test_no_admin_access_and_an_explicit_allow_list(config, settings):
     assert not config.get("Authenticator.admin_users")
 
 
-def test_limits_come_from_the_settings(config, settings):
-    limits = settings["limits"]
+def test_limits_come_from_the_profile(config, expected):
+    limits = expected["limits"]
     assert config["Spawner.mem_limit"] == limits["memory"]
     assert config["Spawner.cpu_limit"] == float(limits["cpu"])
     assert config["SystemdSpawner.unit_extra_properties"]["TasksMax"] == str(limits["tasks"])
 
 
-def test_default_ui(config, settings):
+def test_default_ui(config, expected):
     assert config["Spawner.default_url"] == {"lab": "/lab", "notebook": "/tree"}[
-        settings["default_ui"]]
+        expected["default_ui"]]
 
 
-def test_idle_culler_is_a_service_with_a_narrow_role(config, settings):
+def test_idle_culler_is_a_service_with_a_narrow_role(config, expected):
+    settings = expected
     if not settings["idle_culling"]["enabled"]:
         pytest.skip("idle culling is disabled by the profile")
     services = {s["name"]: s for s in config["JupyterHub.services"]}

@@ -57,10 +57,11 @@ def test_root_is_locked(host):
 def test_only_launch_keys_are_authorized(host):
     """The build key went with the seal; the admin keys come from the launch settings
     (cloud-init leaves root an empty file: no key)."""
-    files = host.run("find /root /home /etc /var /srv /opt -xdev -name 'authorized_keys*'"
-                     ).stdout.split()
+    files = host.run("find /root /home /etc /var /srv /opt -xdev \\( -name 'authorized_keys*' "
+                     "-o -path '/etc/ssh/hubkiln-keys/*' \\) -type f").stdout.split()
     keyed = [path for path in files if host.file(path).content_string.strip()]
     for path in keyed:
+        assert path.startswith("/etc/ssh/hubkiln-keys/"), path
         assert host.file(path).content_string.startswith("# Managed by hubkiln-apply-launch"), path
 
 

@@ -24,17 +24,47 @@ def test_launch_dropin_is_private_and_matches(host, launched, settings):
     assert set(launched.get("admins") or []) <= set(settings["admins"])
 
 
-def test_each_admin_has_an_account_with_sudo_and_the_keys(host, launched, settings):
-    keys = launched.get("ssh_authorized_keys") or []
-    for name in settings["admins"]:
-        user = host.user(name)
-        assert user.exists, f"admin {name} has no account"
+def test_each_admin_has_an_ssh_account_with_sudo_and_the_keys(host, launched, expected):
+    """NAME-admin: sudo and exactly the launch's keys, in a root-owned file."""
+    from hubkiln.guest import settings as guest_settings
+
+    keys = launched["ssh_authorized_keys"]
+    for name in expected["admins"]:
+        operator = guest_settings().operator_name(name)
+        user = host.user(operator)
+        assert user.exists, f"admin {name} has no SSH account {operator}"
         assert {"sudo", "hubkiln-admins"} <= set(user.groups)
         assert "hubkiln-students" not in user.groups
-        authorized = host.file(f"{user.home}/.ssh/authorized_keys")
-        assert (authorized.user, authorized.mode) == (name, 0o600)
-        for key in keys:
-            assert key.strip() in authorized.content_string
+        authorized = host.file(f"/etc/ssh/hubkiln-keys/{operator}")
+        assert (authorized.user, authorized.group, authorized.mode) == ("root", "root", 0o644)
+        listed = [line for line in authorized.content_string.splitlines()
+                  if line and not line.startswith("#")]
+        assert listed == [" ".join(key.split()) for key in keys]
+        assert not host.file(f"{user.home}/.ssh/authorized_keys").exists
+
+
+def test_no_hub_account_has_sudo_or_ssh(host, expected):
+    """The accounts the hub's servers run as (admins' included) are in neither group, and
+    have no key file."""
+    privileged = set()
+    for group in ("sudo", "hubkiln-admins"):
+        privileged |= set(host.group(group).members) if host.group(group).exists else set()
+    hub_accounts = set(expected["users"]) | set(expected["admins"])
+    assert not privileged & hub_accounts, privileged & hub_accounts
+    for name in hub_accounts:
+        assert not host.file(f"/etc/ssh/hubkiln-keys/{name}").exists
+
+
+def test_the_hub_holds_hashes_only(host, launched, credentials):
+    """The issued secrets never reach the image: only their hashes."""
+    dropin = host.file("/etc/hubkiln/hub.d/50-launch.yaml").content_string
+    launch_file = host.file("/etc/hubkiln/launch.yaml").content_string
+    secrets = [*credentials.admin_passwords.values(), *credentials.enrolment_codes.values()]
+    if not secrets:
+        pytest.skip("no secrets were issued with these launch settings")
+    for secret in secrets:
+        assert secret not in dropin and secret not in launch_file
+    assert dropin.count("pbkdf2-sha256$") == len(secrets)
 
 
 def test_apply_launch_is_idempotent(host, launched):

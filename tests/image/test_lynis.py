@@ -21,6 +21,9 @@ from hubkiln.audit import (
     parse_lynis_report,
 )
 
+#: Proven in the VM only (the audit reads the kernel and boot): see hubkiln/imagetest.py, engines.
+pytestmark = pytest.mark.needs("lynis")
+
 #: Under TCG a full audit takes 15-25 minutes.
 LYNIS_TIMEOUT = int(os.environ.get("HUBKILN_TEST_LYNIS_TIMEOUT", "2700"))
 
@@ -41,15 +44,6 @@ def write_report(name: str, summary: dict[str, Any]) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / name).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
-
-@pytest.fixture(scope="module")
-def hardening(host: Any) -> dict[str, Any]:
-    with host.sudo():
-        found = host.file("/etc/hubkiln/hardening.json")
-        settings = json.loads(found.content_string) if found.exists else {}
-    if not settings.get("enabled"):
-        pytest.skip("hardening.enabled is false in this image: a Lynis score would mean nothing")
-    return settings
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.reboot
+pytestmark = [pytest.mark.reboot, pytest.mark.needs("reboot")]
 
 SERVICES = ("jupyterhub.service", "jupyterhub-proxy.service", "hubkiln-front.service")
 SECRET = "/var/lib/hubkiln/secrets/jupyterhub_cookie_secret"

@@ -41,8 +41,9 @@ def test_server_unit_is_active(host, student, journal):
     assert owner == student.name
 
 
-def test_server_unit_has_the_limits(host, student, settings):
-    limits = settings["limits"]
+@pytest.mark.needs("limits")
+def test_server_unit_has_the_profiles_limits(host, student, expected):
+    limits = expected["limits"]
     show = host.run(f"systemctl show -p MemoryMax -p CPUQuotaPerSecUSec -p TasksMax "
                     f"{unit_of(student)}")
     shown = dict(line.split("=", 1) for line in show.stdout.split())
@@ -53,6 +54,7 @@ def test_server_unit_has_the_limits(host, student, settings):
     assert int(tasks) == limits["tasks"]
 
 
+@pytest.mark.needs("limits")
 def test_servers_run_in_the_students_slice_below_the_hub(host, student):
     assert host.run(f"systemctl show -P Slice {unit_of(student)}").stdout.strip() == (
         "hubkiln-students.slice")

@@ -70,6 +70,7 @@ def test_front_listens_on_every_address(host, journal, port):
         f"tcp://:::{port}").is_listening, journal("hubkiln-front.service")
 
 
+@pytest.mark.needs("boot")  # timesyncd does not run in containers (ConditionVirtualization)
 def test_the_clock_is_kept_by_timesyncd(host, journal):
     """TLS, ACME and OAuth/LTI tokens need a right clock; offline it waits quietly."""
     unit = "systemd-timesyncd.service"

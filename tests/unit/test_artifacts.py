@@ -1,4 +1,5 @@
-"""Build outputs: inventory from a tree's files, checksums, atomic publication."""
+"""Build outputs: inventory from a tree's files, checksums, provenance (publication:
+test_publish_outputs.py)."""
 
 from __future__ import annotations
 
@@ -54,21 +55,6 @@ def test_sums_are_in_sha256sum_format(tmp_path):
     digest = artifacts.sha256_file(image)
     assert digest == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert artifacts.render_sums({"a.qcow2": digest}) == f"{digest}  a.qcow2\n"
-
-
-def test_publish_moves_everything_and_drops_the_previous_image(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.qcow2").write_text("old")
-    artifacts.write_json(out / "manifest.json", {"files": [{"name": "old.qcow2"}]})
-    (out / "logs").mkdir()
-    staging = out / ".staging-1"
-    staging.mkdir()
-    (staging / "new.qcow2").write_text("new")
-    artifacts.write_json(staging / "manifest.json", {"files": [{"name": "new.qcow2"}]})
-    artifacts.publish(staging, out)
-    assert sorted(p.name for p in out.iterdir()) == ["logs", "manifest.json", "new.qcow2"]
-    assert artifacts.read_manifest(out)["files"] == [{"name": "new.qcow2"}]
 
 
 def test_image_stem_prefers_the_version():

@@ -162,6 +162,11 @@ def test_fstab_mounts_root_by_label_and_esp_optionally():
     assert lines[0][:3] == ["LABEL=hk-root", "/", "ext4"]
     assert lines[1][:3] == [f"LABEL={ESP_LABEL}", "/boot/efi", "vfat"]
     assert "nofail" in lines[1][3]
+    assert "usrquota" in lines[0][3].split(",")  # hubkiln-quota.service finds / by it
+
+
+def test_fstab_without_quotas_has_no_usrquota():
+    assert "usrquota" not in render_fstab("hk-root", quotas=False)
 
 
 def test_rootfs_must_fit_with_headroom():
@@ -242,7 +247,7 @@ def test_patch_core_img_refuses_an_unexpected_blocklist():
 
 # ------------------------------------------- real tools on a sparse file
 
-HAVE_TOOLS = all(shutil.which(t) for t in ("sgdisk", "mkfs.ext4", "e2fsck"))
+HAVE_TOOLS = all(shutil.which(t) for t in ("sgdisk", "mkfs.ext4", "e2fsck", "dumpe2fs"))
 
 
 @pytest.mark.skipif(not HAVE_TOOLS, reason="sgdisk or e2fsprogs is not installed")
@@ -260,9 +265,15 @@ def test_sgdisk_and_mkfs_at_offset_on_a_sparse_file(tmp_path):
     (tree / "boot/hello").write_text("hello\n")
     subprocess.run(mkfs_ext4_command(raw, tree, layout, "t-root"), check=True,
                    capture_output=True)
-    fsck = subprocess.run(["e2fsck", "-fn", f"{raw}?offset={layout.root.offset_bytes}"],
-                          capture_output=True, text=True)
+    root = f"{raw}?offset={layout.root.offset_bytes}"
+    fsck = subprocess.run(["e2fsck", "-fn", root], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    header = subprocess.run(["dumpe2fs", "-h", root], check=True, capture_output=True,
+                            text=True).stdout
+    # Never the ext4 quota feature: a kernel without quota_v2 could not mount / writable.
+    features = next(line for line in header.splitlines()
+                    if line.startswith("Filesystem features:")).split()
+    assert "quota" not in features and "User quota inode:" not in header, features
     # the table is still intact after writing the file system
     printed = subprocess.run(["sgdisk", "-p", str(raw)], check=True, capture_output=True,
                              text=True).stdout

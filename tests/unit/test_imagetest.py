@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hubkiln import artifacts
+from hubkiln.errors import BuildError
 from hubkiln.imagetest import (
     FAILED_MARKER,
     parse_junit,
@@ -41,13 +44,14 @@ def test_a_run_without_tests_is_not_a_pass():
 
 def test_pytest_targets_the_forwarded_guest(tmp_path):
     cmd = pytest_command(tmp_path / "j.xml", 2222, Path("/k"), Path("/c"))
-    assert "--hosts=ssh://teacher@127.0.0.1:2222" in cmd
+    assert "--hosts=ssh://teacher-admin@127.0.0.1:2222" in cmd
     assert "--ssh-identity-file=/k" in cmd and "--ssh-config=/c" in cmd
 
 
-def test_launch_document_names_one_admin_and_two_students():
+def test_launch_document_names_one_admin_two_students_and_a_hostile_target():
     doc = validation_launch_document("ssh-ed25519 AAAA k")
-    assert doc["admins"] == ["teacher"] and len(doc["users"]) == 2
+    assert doc["admins"] == ["teacher"]
+    assert doc["users"] == ["student1", "student2", "student3"]
     assert doc["ssh_authorized_keys"] == ["ssh-ed25519 AAAA k"]
 
 
@@ -114,7 +118,7 @@ def test_a_guest_panic_under_tcg_boots_the_image_again(monkeypatch):
     from hubkiln.imagetest import validate_image
 
     booted = fake_runs(monkeypatch, "tcg", PANICKED, PASSED)
-    record = validate_image(load_profile("ci"), Path("/i.qcow2"))
+    record = validate_image(load_profile("ci"), Path("/i.qcow2"), engine="vm")
     assert len(booted) == 2
     assert record["status"] == "passed" and record["guest_panics"] == ["int3; panic"]
 
@@ -124,8 +128,52 @@ def test_a_second_panic_or_one_under_kvm_fails_validation(monkeypatch):
 
     for accelerator, outcomes in (("tcg", (PANICKED, PANICKED)), ("kvm", (PANICKED,))):
         booted = fake_runs(monkeypatch, accelerator, *outcomes)
-        record = validate_image(load_profile("ci"), Path("/i.qcow2"))
+        record = validate_image(load_profile("ci"), Path("/i.qcow2"), engine="vm")
         assert len(booted) == len(outcomes)
         assert record["status"] == "failed"
-        assert record["failures"][0] == "guest kernel panic: int3; panic"
+        assert record["failures"][0] == "[vm] guest kernel panic: int3; panic"
         assert "guest kernel panic" in failure_message(record)
+
+
+def test_engines_auto_is_the_vm_under_kvm_and_both_under_emulation():
+    from hubkiln.imagetest import plan_engines
+
+    assert plan_engines("auto", "kvm") == [("vm", None)]
+    assert plan_engines("auto", "tcg") == [("container", "not needs"), ("vm", "needs")]
+    assert plan_engines("vm", "tcg") == [("vm", None)]
+    assert plan_engines("container", "kvm") == [("container", "not needs")]
+    with pytest.raises(BuildError, match="unknown test engine"):
+        plan_engines("docker", "tcg")
+
+
+def test_the_record_says_which_engine_proved_what(monkeypatch):
+    from hubkiln import accel, imagetest
+
+    monkeypatch.setattr(accel, "choose_accelerator",
+                        lambda name=None: accel.AccelChoice("tcg", "test"))
+    seen = []
+
+    def container(profile, image, progress, args, timeout, logs):
+        seen.append(("container", args))
+        return {"status": "passed", "passed": 40, "failed": 0, "skipped": 2, "failures": [],
+                "seconds": 100.0, "reports": {"a": 1}, "log": "logs/validate-container.log"}
+
+    def vm(profile, image, accelerator, progress, args, timeout, logs):
+        seen.append(("vm", args))
+        return {"status": "failed", "passed": 9, "failed": 1, "skipped": 0,
+                "failures": ["t::fw: dropped"], "seconds": 900.0, "reports": {"lynis": 2},
+                "log": "logs/validate.log", "accelerator": "tcg", "guest_panics": []}
+
+    monkeypatch.setattr(imagetest, "validate_in_container", container)
+    monkeypatch.setattr(imagetest, "validate_in_vm", vm)
+    record = imagetest.validate_image(load_profile("ci"), Path("/i.qcow2"),
+                                      pytest_args=["-k", "x"])
+    assert seen == [("container", ["-m", "not needs", "-k", "x"]),
+                    ("vm", ["-m", "needs", "-k", "x"])]
+    assert record["status"] == "failed"
+    assert (record["passed"], record["failed"], record["skipped"]) == (49, 1, 2)
+    assert record["failures"] == ["[vm] t::fw: dropped"]
+    assert set(record["engines"]) == {"container", "vm"} and record["accelerator"] == "tcg"
+    assert record["reports"] == {"a": 1, "lynis": 2}
+    only = imagetest.combine_records({"container": container(None, None, None, [], 0, None)})
+    assert only["status"] == "passed" and "need the VM engine" in only["not_run"]

@@ -19,16 +19,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hubkiln import guest
 from hubkiln.errors import BuildError
 from hubkiln.launch import (
     GUEST_LAUNCH_FILE,
     LAUNCH_DOC,
+    Credentials,
     Launch,
     LaunchError,
     check_launch_for_profile,
     check_ssh_public_key,
     demo_launch,
     find_built_image,
+    issue_credentials,
     launch_keys,
     load_launch,
     local_launch,
@@ -110,8 +113,9 @@ def test_the_example_is_valid_and_complete():
 def test_missing_keys_get_their_defaults(in_tmp):
     launch = load_launch(write(in_tmp, "users: [alice]\n"))
     assert launch.data == {"hostname": "hubkiln", "domain": None, "acme_email": None,
-                           "admins": [], "users": ["alice"], "ssh_authorized_keys": [],
-                           "oauth": None, "tls": None}
+                           "acme_ca": None, "acme_ca_root": None, "admins": [], "users": ["alice"], "admin_password_hashes": {},
+                           "enrolment_codes": True, "enrolment_code_hashes": {},
+                           "ssh_authorized_keys": [], "oauth": None, "tls": None}
 
 
 @pytest.mark.parametrize("name", ["a", "s1234567", "j-doe", "x_y", "a" * 32, "on"])
@@ -584,13 +588,17 @@ def test_local_launch_drops_the_domain():
 def test_login_and_ssh_instructions():
     demo = demo_launch()
     (line,) = login_instructions("firstuse", demo, 8443)
-    assert "student1, student2" in line and "choose your password" in line
+    assert "student1, student2" in line and "enrolment code" in line
+    _, issued = issue_credentials(demo)
+    lines = login_instructions("firstuse", demo, 8443, issued)
+    assert f"admin teacher: password {issued.admin_passwords['teacher']}" in lines
+    assert f"student student1: enrolment code {issued.enrolment_codes['student1']}" in lines
     (line,) = login_instructions("github", demo, 8443)
     assert "https://127.0.0.1:8443/hub/oauth_callback" in line
     assert ssh_instructions(demo, 2222, None) is None
     command = ssh_instructions(demo, 2222, Path("/k/demo-key"))
     assert command.startswith("ssh -i /k/demo-key -p 2222 ") and command.endswith(
-        "teacher@127.0.0.1")
+        "teacher-admin@127.0.0.1")
 
 
 def test_launch_without_a_build_says_to_build(tmp_path):
@@ -661,16 +669,61 @@ def test_invoke_seed_writes_an_iso_with_the_user_data(tmp_path):
     assert stat.S_IMODE(iso.stat().st_mode) == 0o600
     data = iso.read_bytes()
     assert b"CIDATA" in data.upper()
-    assert render_user_data(load_launch(EXAMPLE)).encode() in data
     assert b"local-hostname: optim-hub" in data
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed.iso"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "seed.admin-passwords.txt", "seed.enrolment-codes.csv", "seed.iso"]
+    # The secrets go beside the seed (0600), only their hashes into it.
+    (name, password), = [line.split("\t") for line in
+                         (tmp_path / "seed.admin-passwords.txt").read_text().splitlines()]
+    assert name == "teacher" and f"admin teacher: hub password {password}" in result.stdout
+    codes = (tmp_path / "seed.enrolment-codes.csv").read_text().splitlines()
+    assert codes[0] == "name,enrolment_code" and [c.split(",")[0] for c in codes[1:]] == [
+        "alice", "bob", "carol"]
+    for secret in [password] + [c.split(",")[1] for c in codes[1:]]:
+        assert secret.encode() not in data
+    for path in tmp_path.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert data.count(b"pbkdf2-sha256$") == 4
 
 
 def test_invoke_seed_user_data_only(tmp_path):
     result = invoke("--config", str(EXAMPLE), "--user-data", "ud.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ud.yaml"]
-    assert (tmp_path / "ud.yaml").read_text() == render_user_data(load_launch(EXAMPLE))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ud.admin-passwords.txt", "ud.enrolment-codes.csv", "ud.yaml"]
+    user_data = yaml.safe_load((tmp_path / "ud.yaml").read_text())
+    document = yaml.safe_load(user_data["write_files"][0]["content"])
+    codes = dict(line.split(",") for line in
+                 (tmp_path / "ud.enrolment-codes.csv").read_text().splitlines()[1:])
+    verify = guest.auth().verify_secret
+    for name, code in codes.items():
+        assert verify(code, document["enrolment_code_hashes"][name])
+    (name, password), = [line.split("\t") for line in
+                         (tmp_path / "ud.admin-passwords.txt").read_text().splitlines()]
+    assert verify(password, document["admin_password_hashes"][name])
+    assert not verify(password + "x", document["admin_password_hashes"][name])
+
+
+def test_seed_issues_no_code_when_codes_are_off_and_keeps_given_hashes(in_tmp):
+    given = guest.auth().hash_secret("the-operators-own")
+    launch = load_launch(write(in_tmp, "admins: [teacher]\nusers: [alice]\n"
+                                       "enrolment_codes: false\n"
+                               f"admin_password_hashes: {{teacher: '{given}'}}\n"))
+    issued_launch, issued = issue_credentials(launch)
+    assert issued == Credentials({}, {})
+    assert issued_launch["admin_password_hashes"] == {"teacher": given}
+    assert issued_launch["enrolment_code_hashes"] == {}
+
+
+def test_hashes_must_name_listed_people(in_tmp):
+    digest = guest.auth().hash_secret("x")
+    with pytest.raises(LaunchError) as info:
+        load_launch(write(in_tmp, f"admins: [teacher]\nusers: [alice]\n"
+                                  f"admin_password_hashes: {{bob: '{digest}'}}\n"
+                                  f"enrolment_code_hashes: {{teacher: 'nope'}}\n"))
+    text = "\n".join(info.value.problems)
+    assert "admin_password_hashes.bob: 'bob' is not in `admins`" in text
+    assert "enrolment_code_hashes.teacher: 'nope' is not a bcrypt" in text
 
 
 def test_invoke_seed_writes_nothing_on_errors(tmp_path):

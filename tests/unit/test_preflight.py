@@ -112,6 +112,9 @@ def test_package_table_matches_debian_12():
         "chromium": "chromium",
         "virsh": "libvirt-clients",
         "libvirtd": "libvirt-daemon-system",
+        "systemd-nspawn": "systemd-container",
+        "caddy": "caddy",
+        "fail2ban-regex": "fail2ban",
     }
 
 

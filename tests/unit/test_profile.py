@@ -63,7 +63,7 @@ def test_profile_overrides_and_merges_defaults(tmp_path):
             memory: 4G
     """)
     profile = load_profile(path)
-    assert profile["hub"]["limits"] == {"memory": "4G", "cpu": 1, "tasks": 512}
+    assert profile["hub"]["limits"] == {"memory": "4G", "cpu": 1, "tasks": 512, "disk": "2G"}
     assert profile["base"]["os"] == "ubuntu-24.04"
 
 

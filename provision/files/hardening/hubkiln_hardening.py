@@ -2,7 +2,7 @@
 """hubkiln_hardening: check the profile's hardening settings and render the firewall.
 
 Used by provision/80-hardening.sh with the system python3 (standard library
-only, Python 3.9 or later), and imported by the fast tests. Two commands read
+only, Python 3.9 or later), and imported by the fast tests. Each command reads
 the settings JSON (HUBKILN_HARDENING) on stdin:
 
     check      print `enabled=true|false` and `ptrace_scope=N`, or every
@@ -10,9 +10,15 @@ the settings JSON (HUBKILN_HARDENING) on stdin:
     json       print the checked settings as JSON (the image keeps them in
                /etc/hubkiln/hardening.json for its tests)
     nftables   print the nftables ruleset for these settings
+    hub-jail   print fail2ban's hubkiln-hub jail (failed hub logins; the
+               thresholds below, not settings)
+
+The image tests import the constants below as the expected values.
 
 Limits: only TCP ports are opened (besides HTTP/3 on UDP 443, which the HTTPS
 front speaks); the SSH networks are checked as CIDR and normalised, nothing more.
+The metadata block covers TCP only (every metadata API is HTTP over TCP); UDP
+to those addresses (DNS, DHCP and NTP on Google Cloud) stays open to everyone.
 """
 
 from __future__ import annotations
@@ -26,6 +32,28 @@ from typing import Any
 WEB_PORTS = (80, 443)
 SSH_PORT = 22
 KEYS = {"enabled", "ssh_allowed_networks", "extra_open_ports", "ptrace_scope"}
+
+#: Cloud metadata and agent endpoints that hand out instance credentials and the
+#: user data (the launch settings: admins, roster, a TLS key): only root (cloud-init,
+#: the clouds' agents) may open TCP connections to them. 169.254.169.254: AWS, Google
+#: Cloud, Azure IMDS, OpenStack; fd00:ec2::254: AWS over IPv6; 168.63.129.16: Azure's
+#: WireServer (its own agent allows only root there too).
+METADATA_ADDRESSES = ("169.254.169.254", "168.63.129.16", "fd00:ec2::254")
+#: TCP ports on those addresses open to everyone: DNS (Google Cloud's and Azure's
+#: resolvers are there; DNS falls back to TCP for long answers).
+METADATA_OPEN_TCP_PORTS = (53,)
+
+#: fail2ban's jail for failed hub logins (the hub's access log in the journal).
+#: A class behind one NAT shares one address: 10 failures in 10 minutes is a few
+#: typos each for several students, far below a guessing rate; a ban lasts 10
+#: minutes, so a locked-out class waits one break, not a lesson.
+HUB_JAIL = "hubkiln-hub"
+HUB_LOGIN_MAXRETRY = 10
+HUB_LOGIN_FINDTIME = 600  # seconds
+HUB_LOGIN_BANTIME = 600  # seconds
+#: What a ban closes: the HTTPS front (80, 443; UDP 443 is its HTTP/3). SSH stays
+#: open, so an admin behind the same NAT can still log in and unban.
+HUB_JAIL_PORTS = WEB_PORTS
 
 
 class SettingsError(Exception):
@@ -76,6 +104,20 @@ def _elements(networks: list[str], version: int) -> list[str]:
     return [n for n in networks if ipaddress.ip_network(n).version == version]
 
 
+def _metadata_rules() -> list[str]:
+    """Output rules: TCP to the metadata addresses is reset unless root owns the socket.
+
+    `meta skuid` needs a full socket: packets without one (the kernel's resets and
+    ICMP errors, TIME_WAIT acknowledgements) carry nothing a user chose and pass.
+    The output hook also sees traffic to local addresses (through `lo`)."""
+    open_ports = ", ".join(str(p) for p in METADATA_OPEN_TCP_PORTS)
+    rules = []
+    for version, match in ((4, "ip daddr"), (6, "ip6 daddr")):
+        rules.append(f"        {match} @metadata_v{version} tcp dport != {{ {open_ports} }}"
+                     " meta skuid != 0 reject with tcp reset")
+    return rules
+
+
 def render_nftables(settings: dict[str, Any]) -> str:
     """The nftables ruleset (a file for `nft -f`) of checked settings (pure).
 
@@ -85,7 +127,8 @@ def render_nftables(settings: dict[str, Any]) -> str:
         "#!/usr/sbin/nft -f",
         "# Installed by hubkiln (provision/80-hardening.sh) from the profile's hardening",
         "# settings. Incoming: only SSH (from the admin networks), HTTP and HTTPS, plus",
-        "# the profile's extra ports. Reloading replaces only this table (fail2ban keeps its own).",
+        "# the profile's extra ports. Outgoing: cloud metadata over TCP for root only.",
+        "# Reloading replaces only this table (fail2ban keeps its own).",
         "table inet hubkiln_filter",
         "delete table inet hubkiln_filter",
         "",
@@ -98,6 +141,13 @@ def render_nftables(settings: dict[str, Any]) -> str:
         lines.append("        flags interval")
         if elements:
             lines.append(f"        elements = {{ {', '.join(elements)} }}")
+        lines.append("    }")
+        lines.append("")
+    for version, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        addresses = [a for a in METADATA_ADDRESSES if ipaddress.ip_address(a).version == version]
+        lines.append(f"    set metadata_v{version} {{")
+        lines.append(f"        type {kind}")
+        lines.append(f"        elements = {{ {', '.join(addresses)} }}")
         lines.append("    }")
         lines.append("")
     tcp_open = ", ".join(str(p) for p in (*WEB_PORTS, *settings["extra_open_ports"]))
@@ -129,15 +179,39 @@ def render_nftables(settings: dict[str, Any]) -> str:
         "",
         "    chain output {",
         "        type filter hook output priority filter; policy accept;",
+        "        # Cloud metadata (instance credentials, the launch settings): root only.",
+        *_metadata_rules(),
         "    }",
         "}",
     ]
     return "\n".join(lines) + "\n"
 
 
+def render_hub_jail() -> str:
+    """fail2ban's jail for failed hub logins (a file for /etc/fail2ban/jail.d/, pure).
+
+    The filter is files/hardening/fail2ban/filter.d/hubkiln-hub.conf; the ban is
+    the nftables action of jail.local's banaction, on the front's ports, TCP and UDP."""
+    ports = ",".join(str(p) for p in HUB_JAIL_PORTS)
+    return "\n".join([
+        "# Installed by hubkiln (provision/80-hardening.sh), rendered by hubkiln_hardening.py:",
+        "# bans an address after repeated failed logins on the hub's form, on the HTTPS",
+        "# front's ports only (SSH stays open). See docs/hardening.md.",
+        f"[{HUB_JAIL}]",
+        "enabled = true",
+        "backend = systemd",
+        f"filter = {HUB_JAIL}",
+        f"port = {ports}",
+        "protocol = tcp,udp",
+        f"maxretry = {HUB_LOGIN_MAXRETRY}",
+        f"findtime = {HUB_LOGIN_FINDTIME}",
+        f"bantime = {HUB_LOGIN_BANTIME}",
+    ]) + "\n"
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in ("check", "json", "nftables"):
-        print("usage: hubkiln_hardening.py check|json|nftables < settings.json",
+    if len(argv) != 2 or argv[1] not in ("check", "json", "nftables", "hub-jail"):
+        print("usage: hubkiln_hardening.py check|json|nftables|hub-jail < settings.json",
               file=sys.stderr)
         return 64
     text = sys.stdin.read().strip() or "{}"
@@ -154,6 +228,8 @@ def main(argv: list[str]) -> int:
         print(f"ptrace_scope={settings['ptrace_scope']}")
     elif argv[1] == "json":
         print(json.dumps(settings, indent=2, sort_keys=True))
+    elif argv[1] == "hub-jail":
+        sys.stdout.write(render_hub_jail())
     else:
         sys.stdout.write(render_nftables(settings))
     return 0

@@ -18,7 +18,8 @@ Command line (for the build and for admins):
     python -m hubkiln_hub check [DIR]       check the drop-ins, print the merged settings
     python -m hubkiln_hub check-baked [DIR] the same without the checks that need launch settings
     python -m hubkiln_hub profile-yaml      JSON on stdin -> checked 00-profile.yaml on stdout
-    python -m hubkiln_hub caddyfile MODE    print the front config (self-signed: build check)
+    python -m hubkiln_hub caddyfile self-signed           print a front config (build check)
+    python -m hubkiln_hub caddyfile acme|acme-issued DOMAIN
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ SELF_SIGNED_CERT = TLS_DIR / "self-signed.crt"
 SELF_SIGNED_KEY = TLS_DIR / "self-signed.key"
 PROVIDED_CERT = TLS_DIR / "provided.crt"
 PROVIDED_KEY = TLS_DIR / "provided.key"
+#: The root certificate of the launch's own ACME CA (acme_ca_root), when given.
+ACME_CA_ROOT = TLS_DIR / "acme-ca-root.crt"
+#: Caddy's storage (ACME account key, certificates), beside the homes: on the data
+#: disk when there is one, so next term's instance reuses the certificate.
+CADDY_STORAGE = Path("/home/.hubkiln/caddy")
+#: The ACME CA when the launch names none (acme_ca).
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 #: Where configurable-http-proxy serves the hub and the students' servers.
 PROXY_PUBLIC = "127.0.0.1:8000"
 
@@ -60,18 +68,41 @@ DOMAIN = re.compile(rf"(?=.{{1,253}}\Z)({LABEL}\.)+[a-z][a-z0-9-]{{0,61}}[a-z0-9
 HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){LABEL}(\.{LABEL})*")
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 URL = re.compile(r"https?://[^\s]+")
+HTTPS_URL = re.compile(r"https://[^\s/?#]+(/[^\s?#]*)?")
 SSH_KEY = re.compile(
     r"(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
     r"@openssh\.com) +[A-Za-z0-9+/]+={0,3}( +[^\n\r]*)?\s*"
 )
-#: Names the hub never turns into accounts (system and hubkiln's own accounts).
+#: Names that must never become a student or admin account: system users and
+#: groups of Debian/Ubuntu images (a user's own group gets the same name, so a
+#: student called `admin` or `sudo` would join that group), cloud default users
+#: and the hub's own service names.
+RESERVED_NAMES = frozenset({
+    # base-passwd users and groups
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+    "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "nogroup", "adm", "tty",
+    "disk", "kmem", "dialout", "fax", "voice", "cdrom", "floppy", "tape", "sudo", "audio",
+    "dip", "operator", "src", "shadow", "utmp", "video", "sasl", "plugdev", "staff", "users",
+    # groups with privileges on Ubuntu/Debian or common distributions
+    "admin", "wheel", "lxd", "docker", "kvm", "libvirt", "lpadmin", "sambashare", "netdev",
+    "input", "render", "sgx", "crontab", "ssl-cert", "messagebus", "syslog", "uuidd",
+    "tcpdump", "tss", "sshd", "polkitd", "landscape", "pollinate", "fwupd-refresh", "usbmux",
+    "dnsmasq", "chrony", "ntp", "postfix", "postdrop", "rdma", "ubuntu-advantage",
+    # cloud default users
+    "ubuntu", "debian", "cloud-user", "ec2-user", "azureuser", "centos", "fedora",
+    # the hub's own services
+    "hub", "hubkiln", "jupyter", "jupyterhub",
+})
+#: Prefixes of names reserved for system accounts and hubkiln's own.
 RESERVED_PREFIXES = ("hubkiln-", "systemd-")
+#: The ending of admins' SSH accounts (operator_name): no hub user may have it.
+OPERATOR_SUFFIX = "-admin"
 
 DEFAULTS: dict[str, Any] = {
     "authenticator": "firstuse",
     "admins": [],
     "users": [],
-    "limits": {"memory": "2G", "cpu": 1, "tasks": 512},
+    "limits": {"memory": "2G", "cpu": 1, "tasks": 512, "disk": "2G"},
     "idle_culling": {"enabled": True, "timeout_minutes": 60},
     "default_ui": "lab",
     "content": {"delivery": "copy"},
@@ -79,6 +110,9 @@ DEFAULTS: dict[str, Any] = {
     "tls": {"mode": "auto", "acme_email": None},
     "domain": None,
     "oauth": None,
+    "admin_password_hashes": {},
+    "enrolment_codes": True,
+    "enrolment_code_hashes": {},
 }
 
 
@@ -97,6 +131,13 @@ class Nullable:
 
     def __init__(self, spec: Any):
         self.spec = spec
+
+
+class MappingOf:
+    """A spec for a mapping whose keys are names and whose values all match `values`."""
+
+    def __init__(self, keys: Callable[[Any], str | None], values: Any):
+        self.keys, self.values = keys, values
 
 
 def show(value: Any) -> str:
@@ -161,6 +202,11 @@ def pem(label: str, pattern: str) -> Callable[[Any], str | None]:
 
 
 names = list_of(matches(HUB_NAME, "a user name (lower case; no spaces or slashes)"))
+user_name = matches(HUB_NAME, "a user name (lower case; no spaces or slashes)")
+#: bcrypt (`$2b$...`) or hubkiln_auth's `pbkdf2-sha256$ITERATIONS$SALT$HEX`.
+SECRET_HASH = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}"
+                         r"|pbkdf2-sha256\$[0-9]{4,7}\$[0-9a-f]{8,64}\$[0-9a-f]{64}")
+secret_hash = matches(SECRET_HASH, "a bcrypt ($2b$...) or pbkdf2-sha256$... password hash")
 
 OAUTH_SPEC: dict[str, Any] = {
     "client_id": text,
@@ -182,6 +228,7 @@ HUB_SPEC: dict[str, Any] = {
         "memory": matches(SIZE, "a size like 2G"),
         "cpu": number(0.01),
         "tasks": number(16, integer=True),
+        "disk": Nullable(matches(SIZE, "a size like 2G")),
     },
     "idle_culling": {"enabled": boolean, "timeout_minutes": number(1, integer=True)},
     "default_ui": one_of("lab", "notebook"),
@@ -193,6 +240,9 @@ HUB_SPEC: dict[str, Any] = {
     },
     "domain": Nullable(matches(DOMAIN, "a domain name like hub.example.org (lower case)")),
     "oauth": Nullable(OAUTH_SPEC),
+    "admin_password_hashes": MappingOf(user_name, secret_hash),
+    "enrolment_codes": boolean,
+    "enrolment_code_hashes": MappingOf(user_name, secret_hash),
 }
 
 #: /etc/hubkiln/launch.yaml, as cloud-init writes it (every key optional).
@@ -207,6 +257,12 @@ LAUNCH_SPEC: dict[str, Any] = {
     "tls": Nullable({"certificate": pem("CERTIFICATE", "CERTIFICATE"),
                      "key": pem("PRIVATE KEY", "[A-Z ]*PRIVATE KEY")}),
     "acme_email": Nullable(matches(EMAIL, "an e-mail address")),
+    "acme_ca": Nullable(matches(HTTPS_URL, "an https:// directory URL of an ACME CA "
+                                "(no query)")),
+    "acme_ca_root": Nullable(pem("CERTIFICATE", "CERTIFICATE")),
+    "admin_password_hashes": MappingOf(user_name, secret_hash),
+    "enrolment_codes": boolean,
+    "enrolment_code_hashes": MappingOf(user_name, secret_hash),
 }
 
 
@@ -215,6 +271,16 @@ def check(data: Any, spec: Any, where: str = "") -> list[str]:
     label = where or "(top level)"
     if isinstance(spec, Nullable):
         return [] if data is None else check(data, spec.spec, where)
+    if isinstance(spec, MappingOf):
+        if not isinstance(data, dict):
+            return [f"{label}: {show(data)} is not a mapping"]
+        problems = []
+        for key, value in data.items():
+            path = f"{where}.{key}" if where else str(key)
+            problem = spec.keys(key)
+            problems += [f"{path}: the key {problem}"] if problem else check(value, spec.values,
+                                                                            path)
+        return problems
     if isinstance(spec, dict):
         if not isinstance(data, dict):
             return [f"{label}: {show(data)} is not a mapping"]
@@ -242,6 +308,11 @@ def check_consistency(settings: dict[str, Any]) -> list[str]:
             if bad:
                 problems.append(f"{key}: {', '.join(map(show, bad))}: with the '{auth}' login, "
                                 "names must be Unix user names (a-z, digits, _ and -, at most 32)")
+    for key, names_key in (("admin_password_hashes", "admins"),
+                           ("enrolment_code_hashes", "users")):
+        stray = sorted(set(settings[key]) - set(settings[names_key]))
+        if stray:
+            problems.append(f"{key}: {', '.join(map(show, stray))} not in {names_key}")
     oauth = settings["oauth"] or {}
     needed = {
         "github": ["client_id", "client_secret"],
@@ -323,6 +394,39 @@ def load_settings(directory: Path = SETTINGS_DIR, *, skip: tuple[str, ...] = (),
 # ---------------------------------------------------------------- helpers
 
 
+def system_name_problem(name: str) -> str | None:
+    """Why `name` may never be an account hubkiln makes (system users and groups,
+    hubkiln's own prefixes), or None; reserved_name_problem adds the hub users' rules."""
+    if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
+        return f"'{name}' is reserved for the system; choose another name"
+    return None
+
+
+def reserved_name_problem(name: str) -> str | None:
+    """Why `name` may never be a hub account (the one rule: the build checks profiles and
+    launch files with it, the image checks launch settings and account creation), or None.
+    Existing accounts and groups of an image are refused where they are known: by
+    hubkiln-accounts, which never takes over a name it did not register."""
+    problem = system_name_problem(name)
+    if problem:
+        return problem
+    if name.endswith(OPERATOR_SUFFIX):
+        return (f"'{name}' ends with '{OPERATOR_SUFFIX}', which names the admins' SSH "
+                "accounts; choose another name")
+    return None
+
+
+def operator_name(hub_name: str) -> str:
+    """The Unix account an admin uses over SSH, with sudo: never the account their hub
+    server runs as (a server can write its own home, and so the shell start-up files
+    an SSH login of the same account would run). `teacher` -> `teacher-admin`."""
+    unix = unix_name(hub_name)
+    if len(unix) + len(OPERATOR_SUFFIX) <= 32:
+        return unix + OPERATOR_SUFFIX
+    digest = hashlib.sha256(hub_name.encode()).hexdigest()[:8]
+    return f"{unix[:32 - len(OPERATOR_SUFFIX) - 9]}-{digest}{OPERATOR_SUFFIX}"
+
+
 def unix_name(hub_name: str) -> str:
     """The Unix account of a hub user: the same name when it is a valid Unix name,
     otherwise a readable, stable one (`alice-example-org-1a2b3c4d` for alice@example.org)."""
@@ -334,26 +438,85 @@ def unix_name(hub_name: str) -> str:
     return f"{base}-{hashlib.sha256(hub_name.encode()).hexdigest()[:8]}"
 
 
+def acme_problems(launch: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, problem) pairs of the launch's ACME CA keys taken together: the one rule,
+    used by the build (hubkiln.launch) and the image (hubkiln-apply-launch)."""
+    problems = []
+    if not launch.get("domain"):
+        problems += [(key, "is used only with a `domain` (the name the CA certifies)")
+                     for key in ("acme_ca", "acme_ca_root") if launch.get(key)]
+    if launch.get("acme_ca_root") and not launch.get("acme_ca"):
+        problems.append(("acme_ca_root", "is the root of the CA named in `acme_ca`: give "
+                         "`acme_ca` too (Let's Encrypt needs no root)"))
+    return problems
+
+
+def acme_issuer_key(ca: str) -> str:
+    """The folder Caddy (certmagic) keeps an ACME CA's certificates in, under
+    CADDY_STORAGE/certificates: host and path of the directory URL, `:` and `/` as `-`
+    (https://127.0.0.1:9443/acme/local/directory -> 127.0.0.1-9443-acme-local-directory)."""
+    rest = ca.split("://", 1)[-1].strip("/").lower()
+    return re.sub(r"[:/]", "-", rest)
+
+
+def acme_certificate(domain: str, ca: str, storage: Path = CADDY_STORAGE) -> Path:
+    """Where Caddy stores the certificate that `ca` issued for `domain`."""
+    return storage / "certificates" / acme_issuer_key(ca) / domain / f"{domain}.crt"
+
+
 def render_caddyfile(mode: str, *, domain: str | None = None, email: str | None = None,
-                     certificate: Path | None = None, key: Path | None = None) -> str:
-    """The HTTPS front's Caddyfile. `mode` is `acme` (Let's Encrypt for `domain`) or
-    `files` (the `certificate` and `key` files, for any name; HTTP redirects to HTTPS)."""
+                     ca: str | None = None, ca_root: Path | None = None,
+                     issued: bool = False, certificate: Path | None = None,
+                     key: Path | None = None, storage: Path = CADDY_STORAGE) -> str:
+    """The HTTPS front's Caddyfile. `mode` is `files` (the `certificate` and `key`
+    files, for any name) or `acme`: the domain's certificate from the ACME CA `ca`
+    (Let's Encrypt when None; `ca_root` its root), and the self-signed one for every
+    other name. HTTP redirects to HTTPS.
+
+    Caddy 2.6 (checked on 2.6.2) cannot serve a managed certificate and fall back to a
+    file certificate for the same name: with one TLS connection policy (the domain
+    site has no TLS options of its own) the file certificate's tag selects the
+    certificate for every name, the domain too, even once the ACME certificate is
+    there; with a connection policy of its own (`protocols` below) the domain gets
+    its ACME certificate, and without one the handshake fails (no `fallback_sni` in
+    2.6). So `acme` has two shapes, chosen by `issued` (the certificate is in Caddy's
+    storage and valid): before, the self-signed certificate for every name while
+    Caddy obtains the ACME one in the background; after, the ACME one for the domain.
+    hubkiln-front-check.timer switches between them (hubkiln-apply-launch --check-front)."""
     head = ["# Written by hubkiln-apply-launch; do not edit. Change /etc/hubkiln/launch.yaml",
             "# and run `sudo hubkiln-apply-launch` instead.", "{",
             "\t# no admin API: local users must not be able to reconfigure the front",
-            "\tadmin off"]
+            "\tadmin off", "\tauto_https disable_redirects"]
+    # The hub trusts X-Real-Ip before X-Forwarded-For (tornado's xheaders): set it to
+    # the client's own address, so that nobody can choose the address that fail2ban's
+    # hub jail bans (Caddy already replaces X-Forwarded-For).
+    proxy = [f"\treverse_proxy {PROXY_PUBLIC} {{", "\t\theader_up X-Real-Ip {remote_host}",
+             "\t}"]
+    headers = ["\theader {", "\t\tX-Content-Type-Options nosniff",
+               "\t\tReferrer-Policy same-origin"]
+    # HSTS only where the certificate is a real one: a self-signed front must stay
+    # reachable once a browser has accepted its certificate.
+    hsts = ['\t\tStrict-Transport-Security "max-age=31536000"']
+    redirect = ["", "http:// {", "\tredir https://{host}{uri} 308", "}"]
     if mode == "acme":
         if not domain:
             raise ValueError("acme mode needs a domain")
-        head += [f"\temail {email}"] if email else []
-        site = [f"{domain} {{", f"\treverse_proxy {PROXY_PUBLIC}",
-                '\theader Strict-Transport-Security "max-age=31536000"', "}"]
+        head += [f"\tstorage file_system {storage}"]
+        issuer = ["\t\tissuer acme {", f"\t\t\tdir {ca or LETS_ENCRYPT}",
+                  *([f"\t\t\temail {email}"] if email else []),
+                  *([f"\t\t\ttrusted_roots {ca_root}"] if ca_root else []), "\t\t}"]
+        # `protocols` (Caddy's own defaults) gives the domain a connection policy of its own.
+        own_policy = ["\t\tprotocols tls1.2 tls1.3"] if issued else []
+        site = [f"https://{domain} {{", "\ttls {", *own_policy, *issuer, "\t}", *proxy,
+                *headers, *(hsts if issued else []), "\t}", "}", "", "https:// {",
+                f"\ttls {SELF_SIGNED_CERT} {SELF_SIGNED_KEY}", *proxy, *headers, "\t}", "}",
+                *redirect]
     elif mode == "files":
         if not (certificate and key):
             raise ValueError("files mode needs a certificate and a key")
-        head += ["\tauto_https disable_redirects"]
-        site = ["https:// {", f"\ttls {certificate} {key}", f"\treverse_proxy {PROXY_PUBLIC}",
-                "}", "", "http:// {", "\tredir https://{host}{uri} 308", "}"]
+        real = certificate != SELF_SIGNED_CERT
+        site = ["https:// {", f"\ttls {certificate} {key}", *proxy, *headers,
+                *(hsts if real else []), "\t}", "}", *redirect]
     else:
         raise ValueError(f"unknown front mode {mode!r}")
     return "\n".join([*head, "}", "", *site]) + "\n"
@@ -387,6 +550,10 @@ def main(argv: list[str]) -> int:
             print(profile_yaml(sys.stdin.read()), end="")
         elif command == "caddyfile" and argv[1:] == ["self-signed"]:
             print(render_caddyfile("files", certificate=SELF_SIGNED_CERT, key=SELF_SIGNED_KEY),
+                  end="")
+        elif command == "caddyfile" and argv[1:2] in (["acme"], ["acme-issued"]) \
+                and len(argv) == 3:
+            print(render_caddyfile("acme", domain=argv[2], issued=argv[1] == "acme-issued"),
                   end="")
         else:
             print(__doc__.split("Command line")[1], file=sys.stderr)

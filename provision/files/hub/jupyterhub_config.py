@@ -49,8 +49,10 @@ auth = settings["authenticator"]
 admins = set(settings["admins"])
 roster = set(settings["users"])
 c.JupyterHub.authenticator_class = {
-    "firstuse": "firstuseauthenticator.FirstUseAuthenticator",
-    "native": "nativeauthenticator.NativeAuthenticator",
+    # hubkiln_auth: admins log in with the launch's password hash, never a first-use
+    # password or a sign-up; firstuse students claim their name with an enrolment code.
+    "firstuse": "hubkiln_auth.HubkilnFirstUseAuthenticator",
+    "native": "hubkiln_auth.HubkilnNativeAuthenticator",
     "github": "oauthenticator.github.GitHubOAuthenticator",
     "google": "oauthenticator.google.GoogleOAuthenticator",
     "generic-oauth": "oauthenticator.generic.GenericOAuthenticator",
@@ -65,14 +67,27 @@ c.Authenticator.allow_all = auth in ("native", "lti13") and not roster
 c.JupyterHub.load_roles = [{"name": "admin", "users": sorted(admins)}]
 if auth in ("firstuse", "native"):
     c.Authenticator.username_pattern = r"^[a-z_][a-z0-9_-]{0,31}$"
-if auth == "firstuse":
+if auth in ("firstuse", "native"):
     os.makedirs(HOME_STATE, mode=0o700, exist_ok=True)
+    c.Authenticator.admin_names = admins
+    c.Authenticator.admin_password_hashes = settings["admin_password_hashes"]
+if auth == "firstuse":
     c.FirstUseAuthenticator.dbm_path = f"{HOME_STATE}/passwords.dbm"
     c.FirstUseAuthenticator.create_users = True  # refused later unless on the roster
     c.FirstUseAuthenticator.min_password_length = 8
+    c.HubkilnFirstUseAuthenticator.enrolment_codes = settings["enrolment_codes"]
+    c.HubkilnFirstUseAuthenticator.enrolment_code_hashes = settings["enrolment_code_hashes"]
+    if settings["enrolment_codes"]:
+        # JupyterHub's own second field of the login form (`otp`) carries the code.
+        c.Authenticator.request_otp = True
+        c.Authenticator.otp_prompt = "Enrolment code (first login only):"
 if auth == "native":
     c.NativeAuthenticator.minimum_password_length = 8
     c.NativeAuthenticator.check_common_password = True
+    # Sign-ups and approvals are the authority here: keep them beside the homes (the
+    # data disk when there is one), so that after an OS disk swap nobody can sign up
+    # as a student whose home was kept.
+    c.JupyterHub.db_url = f"sqlite:///{HOME_STATE}/jupyterhub.sqlite"
 oauth = settings["oauth"] or {}
 if auth in ("github", "google", "generic-oauth"):
     c.OAuthenticator.client_id = oauth["client_id"]
@@ -105,8 +120,9 @@ class HubkilnSpawner(SystemdSpawner):
 async def prepare_account(spawner):
     """Create the student's Unix account and hand out the course material (as root)."""
     name = unix_name(spawner.user.name)
+    quota = ["--disk-limit", limits["disk"]] if limits["disk"] else []
     process = await asyncio.create_subprocess_exec(
-        PREPARE_USER, "--delivery", settings["content"]["delivery"], name,
+        PREPARE_USER, "--delivery", settings["content"]["delivery"], *quota, name,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     output = (await process.communicate())[0].decode(errors="replace").strip()
@@ -149,6 +165,11 @@ c.SystemdSpawner.unit_extra_properties = {
     "ProtectKernelModules": "yes",
     "ProtectControlGroups": "yes",
     "RestrictSUIDSGID": "yes",
+    # PrivateDevices bind-mounts the host's /dev/shm and /dev/mqueue into the private
+    # /dev: give each server its own, and its own System V / POSIX IPC namespace.
+    "TemporaryFileSystem": "/dev/shm:mode=1777,nosuid,nodev,noexec "
+                           "/dev/mqueue:mode=1777,nosuid,nodev,noexec",
+    "PrivateIPC": "yes",
     # A kernel past the memory limit is killed by the kernel's OOM killer; the
     # student's server goes on (JupyterLab offers to restart the kernel).
     "OOMPolicy": "continue",
