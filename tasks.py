@@ -99,6 +99,27 @@ def test(c, profile="optimization", image=None, accel=None, faults=False, select
           f"in {record['seconds']}s ({engines}){partial}")
 
 
+@task(help={
+    "profile": PROFILE_HELP,
+    "students": "How many roster students log in (student001, ...; 1 to 500).",
+    "ramp": "Seconds over which their logins arrive, evenly spread (default 60).",
+    "active": "Seconds each student stays active after the first cell, running a cell "
+    "every 20 s (default 120).",
+    "engine": "`container` (systemd-nspawn at native speed; the default) or `vm` (qemu; "
+    "a class-scale run needs KVM).",
+    "image": "Image file to boot instead of the profile's last build.",
+})
+@reports_errors
+def loadtest(c, profile="optimization", students=0, ramp=60, active=120,
+             engine="container", image=None):
+    """Class start, measured: N students log in, spawn and run cells; writes capacity.json."""
+    from hubkiln import loadtest as loadtest_module
+
+    record = loadtest_module.run_loadtest(profile, students=students, ramp=ramp,
+                                          active=active, engine=engine, image=image)
+    print(record["sizing"])
+
+
 @task
 @reports_errors
 def docs(c):

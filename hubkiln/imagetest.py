@@ -308,6 +308,8 @@ def prepare_material(work: Path) -> ValidationMaterial:
     launch_file = work / "launch.yaml"
     launch_file.write_text(yaml.safe_dump(validation_launch_document(public)))
     settings, credentials = launch.issue_credentials(launch.load_launch(launch_file))
+    # What the guest receives (with the issued hashes): the tests' expected values.
+    launch_file.write_text(yaml.safe_dump(settings.data))
     credentials_file = work / "credentials.json"
     credentials_file.write_text(json.dumps({
         "admin_passwords": credentials.admin_passwords,

@@ -95,7 +95,8 @@ done
 
 announce "stopping the hub's services started at the build boot (nothing may write after the clean)"
 if ! in_chroot; then
-    for unit in hubkiln-front.service jupyterhub.service jupyterhub-proxy.service; do
+    for unit in hubkiln-front-check.timer hubkiln-front.service jupyterhub.service \
+        jupyterhub-proxy.service; do
         if systemctl is-active --quiet "$unit"; then systemctl stop "$unit"; fi
     done
 fi
@@ -103,8 +104,9 @@ announce "removing the hub's per-instance state (secrets, TLS keys, launch setti
 for dir in /var/lib/hubkiln/secrets /var/lib/hubkiln/hub /etc/hubkiln/tls /home/.hubkiln/hub; do
     if [[ -d "$dir" ]]; then find "$dir" -mindepth 1 -delete; fi
 done
-rm -rf /var/lib/hubkiln/content-delivered /var/lib/caddy/.local /var/lib/caddy/.config
-rm -f /var/lib/hubkiln/launch-admins.json /etc/hubkiln/launch.yaml \
+rm -rf /var/lib/hubkiln/content-delivered /var/lib/caddy/.local /var/lib/caddy/.config \
+    /home/.hubkiln/caddy
+rm -f /var/lib/hubkiln/launch-admins.json /etc/hubkiln/launch.yaml /etc/hubkiln/front/plan.json \
     /etc/hubkiln/hub.d/50-launch.yaml /etc/hubkiln/front/Caddyfile
 announce "removing fail2ban's database (bans and failures seen during the build)"
 if ! in_chroot && systemctl is-active --quiet fail2ban.service; then
@@ -164,6 +166,8 @@ if [[ -n "$BUILD_USER" ]] && getent passwd "$BUILD_USER" >/dev/null \
     problems+=("build user $BUILD_USER still exists")
 fi
 [[ ! -e "$HUBKILN_APT_PROXY_DROPIN" ]] || problems+=("apt proxy drop-in remains")
+[[ ! -e /home/.hubkiln/caddy ]] || problems+=("the front's ACME state (/home/.hubkiln/caddy) remains")
+[[ ! -e /etc/hubkiln/front/plan.json ]] || problems+=("the front's plan.json remains")
 grep -qx 'AuthorizedKeysFile /etc/ssh/hubkiln-keys/%u' /etc/ssh/sshd_config.d/30-hubkiln-keys.conf \
     || problems+=("sshd would read keys from homes")
 [[ ! -e /var/lib/fail2ban/fail2ban.sqlite3 ]] || problems+=("fail2ban's database remains")

@@ -134,6 +134,10 @@ def wait_for_hub(host: Any) -> None:
     started = time.monotonic()
     while time.monotonic() - started < READY_TIMEOUT:
         firstboot = host.run("systemctl is-active hubkiln-firstboot.service").stdout.strip()
+        if firstboot == "failed":
+            # Every later test would fail on logins without saying why: say it once here.
+            pytest.fail("hubkiln-firstboot failed: the launch settings were not applied"
+                        + unit_journal(host, "hubkiln-firstboot.service"))
         if firstboot not in ("activating", "inactive") and host.run(HUB_API_UP).rc == 0:
             return
         time.sleep(5)
@@ -202,13 +206,21 @@ def journal(host: Any):
 
 
 @pytest.fixture(scope="module")
-def settings(host: Any) -> dict[str, Any]:
-    """The hub settings the image runs with (merged hub.d drop-ins)."""
+def image_settings(host: Any) -> dict[str, Any]:
+    """The hub settings the image runs with (its merged hub.d drop-ins, read back from
+    the image): only to compare with `expected`, never as the expected values."""
     with as_root(host):
         result = host.run(f"{HUB_PY} -m hubkiln_hub check")
         assert result.rc == 0, f"the hub settings do not check:\n{result.stderr}" + unit_journal(
             host, "jupyterhub.service")
     return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def settings(expected: dict[str, Any], host: Any) -> dict[str, Any]:
+    """The hub settings the image must run with: `expected`, worked out from what it was
+    given (kept under this name for the tests that decide what to check by them)."""
+    return expected
 
 
 @pytest.fixture(scope="session")
@@ -232,17 +244,38 @@ def launch(given_launch: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def expected(given_launch: dict[str, Any]) -> dict[str, Any]:
     """The hub settings the guest must run with, worked out on the host from the profile
-    (HUBKILN_TEST_PROFILE) and the launch settings given, with the image's own merge rule."""
+    (HUBKILN_TEST_PROFILE) and the launch settings given, with the image's own rules:
+    hubkiln_hub's defaults and merge, and hubkiln-apply-launch's launch drop-in."""
     path = os.environ.get("HUBKILN_TEST_PROFILE")
     if not path:
         pytest.skip("needs HUBKILN_TEST_PROFILE: the profile the image was built from")
     from hubkiln.guest import settings as guest_settings
-    from hubkiln.profile import load_profile
+    from hubkiln.profile import PROJECT_DIR, load_profile
     from hubkiln.provision import hub_settings
 
     rules = guest_settings()
+    apply_launch = load_guest_script(PROJECT_DIR / "provision/files/bin/hubkiln-apply-launch")
     merged = rules.merge(rules.DEFAULTS, hub_settings(load_profile(path)))
-    return rules.merge(merged, {key: given_launch[key] for key in ("admins", "users")})
+    return rules.merge(merged, apply_launch.launch_dropin(given_launch))
+
+
+def load_guest_script(path: Any) -> Any:
+    """A guest program as a module (it imports hubkiln_hub, loaded from the repo first),
+    without writing __pycache__ into provision/ (hashed into the build's cache keys)."""
+    import importlib.machinery
+    import importlib.util
+
+    from hubkiln.guest import settings as guest_settings
+
+    sys.modules.setdefault("hubkiln_hub", guest_settings())
+    loader = importlib.machinery.SourceFileLoader(f"hubkiln_guest_{path.name}", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = previous
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -444,7 +477,11 @@ def login_and_spawn(client: HubClient, name: str, password: str,
         model = json.loads(text) if status == 200 else {}
         server = (model.get("servers") or {}).get("", {})
         if server.get("ready"):
-            return StudentSession(name, client, location, time.monotonic() - started)
+            spawned = time.monotonic() - started
+            # As a browser does next: open the server, which logs the client in through
+            # the hub (OAuth); its API answers 403 to a client that never did.
+            client.get(f"/user/{name}/")
+            return StudentSession(name, client, location, spawned)
         if model.get("pending") or server:
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since > 30:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -139,7 +140,8 @@ def test_caddyfiles():
     assert "admin off" in files and "tls /c.crt /k.key" in files
     assert "redir https://{host}{uri} 308" in files and "reverse_proxy 127.0.0.1:8000" in files
     acme = hub.render_caddyfile("acme", domain="hub.example.org", email="t@example.org")
-    assert "hub.example.org {" in acme and "email t@example.org" in acme and "tls " not in acme
+    assert "https://hub.example.org {" in acme and "email t@example.org" in acme
+    assert f"tls {hub.SELF_SIGNED_CERT} {hub.SELF_SIGNED_KEY}" in acme  # every other name
 
 
 def test_the_front_sets_the_clients_address_and_security_headers():
@@ -148,14 +150,16 @@ def test_the_front_sets_the_clients_address_and_security_headers():
     provided = hub.render_caddyfile("files", certificate=hub.PROVIDED_CERT,
                                     key=hub.PROVIDED_KEY)
     acme = hub.render_caddyfile("acme", domain="hub.example.org")
-    for config in (self_signed, provided, acme):
+    issued = hub.render_caddyfile("acme", domain="hub.example.org", issued=True)
+    for config in (self_signed, provided, acme, issued):
         # The hub reads X-Real-Ip first: the front sets it, whatever the client sent.
         assert "header_up X-Real-Ip {remote_host}" in config
         assert "X-Content-Type-Options nosniff" in config
         assert "Referrer-Policy same-origin" in config
-    # HSTS only with a real certificate.
+    # HSTS only with a real certificate: not while ACME has not issued (self-signed).
     assert "Strict-Transport-Security" not in self_signed
-    assert "Strict-Transport-Security" in provided and "Strict-Transport-Security" in acme
+    assert "Strict-Transport-Security" not in acme
+    assert "Strict-Transport-Security" in provided and "Strict-Transport-Security" in issued
 
 
 @pytest.mark.skipif(not Path("/usr/bin/caddy").exists(), reason="needs caddy (apt-get install "
@@ -248,3 +252,220 @@ def test_reserved_names_are_one_rule(tmp_path):
     assert any("'adm' is reserved" in p for p in problems)
     assert any("'sudo' is reserved" in p for p in problems)
     assert not any("alice" in p for p in problems)
+
+
+# ---- the HTTPS front with ACME: self-signed until issued, another CA, the summary
+
+UNI_CA = "https://acme.uni.example/acme/directory"
+
+
+def acme_plan(launch, mode="auto"):
+    settings = hub.merge(hub.DEFAULTS, {"tls": {"mode": mode, "acme_email": "t@example.org"}})
+    return apply_launch.plan_front(settings, launch)
+
+
+def test_plan_front_names_the_ca_and_its_root():
+    plan, problems = acme_plan({"domain": "hub.example.org", "acme_ca": UNI_CA,
+                                "acme_ca_root": "-----BEGIN CERTIFICATE-----"})
+    assert not problems
+    assert plan == {"mode": "acme", "domain": "hub.example.org", "email": "t@example.org",
+                    "ca": UNI_CA, "ca_root": hub.ACME_CA_ROOT, "issued": False}
+    plain, _ = acme_plan({"domain": "hub.example.org"})
+    assert plain["ca"] == hub.LETS_ENCRYPT and plain["ca_root"] is None
+    # The plan survives the file --check-front reads it from.
+    assert apply_launch.plan_from_json(apply_launch.plan_json(plan)) == plan
+
+
+@pytest.mark.parametrize(("launch", "expected"), [
+    ({"acme_ca": UNI_CA}, "acme_ca: is used only with a `domain`"),
+    ({"domain": "hub.example.org", "acme_ca_root": "pem"}, "acme_ca_root: is the root of the CA"),
+])
+def test_plan_front_refuses_acme_keys_that_cannot_apply(launch, expected):
+    plan, problems = acme_plan(launch)
+    assert plan == {} and len(problems) == 1 and problems[0].startswith(expected)
+
+
+def test_the_summary_never_claims_a_certificate_the_front_lacks():
+    plan, _ = acme_plan({"domain": "hub.example.org"})
+    assert apply_launch.front_description(plan) == (
+        "ACME (Let's Encrypt) for hub.example.org, self-signed until it issues")
+    uni, _ = acme_plan({"domain": "hub.example.org", "acme_ca": UNI_CA})
+    assert apply_launch.front_description({**uni, "issued": True}) == (
+        f"ACME ({UNI_CA}) for hub.example.org, its certificate is in place")
+    self_signed, _ = acme_plan({})
+    assert apply_launch.front_description(self_signed) == "self-signed"
+
+
+@pytest.mark.parametrize(("launch", "key", "words"), [
+    ({"acme_ca": "http://acme.uni.example/directory"}, "acme_ca", "is not an https://"),
+    ({"acme_ca": "https://acme.uni.example/d?x=1"}, "acme_ca", "is not an https://"),
+    ({"acme_ca_root": "no pem here"}, "acme_ca_root", "is not PEM text"),
+])
+def test_bad_acme_launch_keys_are_named(tmp_path, launch, key, words):
+    path = tmp_path / "launch.yaml"
+    path.write_text(yaml_dump({"domain": "hub.example.org", **launch}))
+    with pytest.raises(apply_launch.LaunchError) as error:
+        apply_launch.read_launch(path)
+    assert f"launch.yaml: {key}: " in str(error.value) and words in str(error.value)
+    path.write_text(yaml_dump({"domain": "hub.example.org"}))
+    assert apply_launch.read_launch(path) == {"domain": "hub.example.org"}
+
+
+def yaml_dump(data):
+    import yaml
+
+    return yaml.safe_dump(data)
+
+
+def test_the_issuer_folder_follows_the_ca_url():
+    # Caddy 2.6.2 stored the local CA's certificate exactly there (checked by hand, and
+    # by tests/image/test_tls_acme.py against the running front).
+    assert hub.acme_issuer_key("https://127.0.0.1:9443/acme/local/directory") == (
+        "127.0.0.1-9443-acme-local-directory")
+    assert hub.acme_issuer_key(hub.LETS_ENCRYPT) == "acme-v02.api.letsencrypt.org-directory"
+    assert hub.acme_certificate("hub.example.org", UNI_CA, Path("/s")) == Path(
+        "/s/certificates/acme.uni.example-acme-directory/hub.example.org/hub.example.org.crt")
+
+
+def test_the_acme_front_serves_self_signed_until_issued():
+    pending = hub.render_caddyfile("acme", domain="hub.example.org", ca=UNI_CA,
+                                   ca_root=hub.ACME_CA_ROOT)
+    issued = hub.render_caddyfile("acme", domain="hub.example.org", ca=UNI_CA, issued=True)
+    for config in (pending, issued):
+        assert f"storage file_system {hub.CADDY_STORAGE}" in config
+        assert f"dir {UNI_CA}" in config
+        assert f"tls {hub.SELF_SIGNED_CERT} {hub.SELF_SIGNED_KEY}" in config  # other names
+        assert "redir https://{host}{uri} 308" in config
+    assert f"trusted_roots {hub.ACME_CA_ROOT}" in pending and "trusted_roots" not in issued
+    # Only the issued shape gives the domain a TLS connection policy of its own.
+    assert "protocols" not in pending and "protocols tls1.2 tls1.3" in issued
+    assert f"dir {hub.LETS_ENCRYPT}" in hub.render_caddyfile("acme", domain="hub.example.org")
+
+
+@pytest.mark.skipif(not Path("/usr/bin/caddy").exists(), reason="needs caddy (apt-get install "
+                    "caddy) to check the front configs")
+def test_caddy_gives_the_domain_its_own_policy_only_once_issued(tmp_path):
+    """What Caddy 2.6 makes of the two shapes: one policy whose tag picks the self-signed
+    certificate for every name (pending), or the domain's own SNI policy first (issued)."""
+    import json
+    import subprocess
+
+    def adapted(config: str) -> dict:
+        (tmp_path / "Caddyfile").write_text(config)
+        result = subprocess.run(["/usr/bin/caddy", "adapt", "--config",
+                                 str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+                                capture_output=True, text=True,
+                                env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, result.stderr[-500:]
+        return json.loads(result.stdout)
+
+    def policies(config: str) -> list:
+        return adapted(config)["apps"]["http"]["servers"]["srv0"]["tls_connection_policies"]
+
+    pending = policies(hub.render_caddyfile("acme", domain="hub.example.org", ca=UNI_CA,
+                                            email="t@example.org"))
+    assert len(pending) == 1 and "match" not in pending[0]
+    assert pending[0]["certificate_selection"]["any_tag"]
+    issued = policies(hub.render_caddyfile("acme", domain="hub.example.org", ca=UNI_CA,
+                                           issued=True))
+    assert issued[0]["match"] == {"sni": ["hub.example.org"]}
+    assert "certificate_selection" not in issued[0] and issued[1]["certificate_selection"]
+    tls = adapted(hub.render_caddyfile("acme", domain="hub.example.org", ca=UNI_CA))["apps"]
+    assert tls["tls"]["automation"]["policies"][0]["issuers"] == [
+        {"ca": UNI_CA, "module": "acme"}]
+
+
+def test_the_acme_report_says_what_to_check():
+    plan, _ = acme_plan({"domain": "hub.example.org", "acme_ca": UNI_CA})
+    failed = "could not get certificate from issuer"  # Caddy 2.6.2's words, as logged
+    lines = ["not json", json.dumps({"level": "info", "logger": "tls.obtain",
+                                     "identifier": "hub.example.org", "msg": "obtaining"}),
+             json.dumps({"level": "error", "logger": "tls.obtain", "identifier": "other.org",
+                         "msg": failed, "error": "not ours"}),
+             json.dumps({"level": "error", "logger": "tls.obtain",
+                         "identifier": "hub.example.org", "msg": failed,
+                         "error": "dial tcp: refused"}),
+             json.dumps({"level": "error", "logger": "tls.obtain",
+                         "identifier": "hub.example.org", "msg": "unable to unlock",
+                         "error": "remove .../issue_cert_hub.example.org.lock"})]
+    error = apply_launch.last_acme_error(lines, "hub.example.org")
+    assert error == "dial tcp: refused"
+    assert apply_launch.last_acme_error(lines[:3], "hub.example.org") is None
+    report = apply_launch.acme_report(plan, error)
+    for words in ("no ACME certificate for hub.example.org", "self-signed certificate for "
+                  "every name", "dial tcp: refused", "DNS record of hub.example.org",
+                  "TCP 80 and 443", UNI_CA, "rate limits", str(hub.CADDY_STORAGE),
+                  "journalctl -u hubkiln-front.service"):
+        assert words in report
+
+
+@pytest.mark.skipif(not Path("/usr/bin/openssl").exists(), reason="needs openssl")
+def test_an_issued_certificate_counts_only_when_valid_for_the_domain(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(apply_launch, "CADDY_STORAGE", tmp_path)
+    where = hub.acme_certificate("hub.example.org", UNI_CA, tmp_path)
+
+    def store(name: str, days: int) -> None:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", tmp_path / "k",
+                        "-out", where, "-days", str(days), "-subj", f"/CN={name}", "-addext",
+                        f"subjectAltName=DNS:{name}"], check=True, capture_output=True)
+
+    assert not apply_launch.acme_certificate_ready("hub.example.org", UNI_CA)  # none yet
+    store("hub.example.org", 30)
+    assert apply_launch.acme_certificate_ready("hub.example.org", UNI_CA)
+    plan, _ = acme_plan({"domain": "hub.example.org", "acme_ca": UNI_CA})
+    assert apply_launch.with_certificate_facts(plan)["issued"] is True
+    assert not apply_launch.acme_certificate_ready("hub.example.org", hub.LETS_ENCRYPT)
+    store("other.example.org", 30)
+    assert not apply_launch.acme_certificate_ready("hub.example.org", UNI_CA)
+    store("hub.example.org", 1)  # a day left: enough for an hour's margin, not for two days
+    assert apply_launch.acme_certificate_ready("hub.example.org", UNI_CA)
+    monkeypatch.setattr(apply_launch, "ACME_MARGIN_SECONDS", 2 * 86400)
+    assert not apply_launch.acme_certificate_ready("hub.example.org", UNI_CA)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/openssl").exists(), reason="needs openssl")
+def test_check_front_switches_once_the_certificate_is_there(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        if argv[0] == "openssl":
+            return real_run(argv, **kwargs)
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout=json.dumps({
+            "level": "error", "logger": "tls.obtain", "identifier": "hub.example.org",
+            "msg": "could not get certificate from issuer", "error": "no such host"}) + "\n")
+
+    real_run = subprocess.run
+    for name, value in (("FRONT_PLAN", tmp_path / "plan.json"),
+                        ("FRONT_CONFIG", tmp_path / "Caddyfile"), ("CADDY_STORAGE", tmp_path)):
+        monkeypatch.setattr(apply_launch, name, value)
+    monkeypatch.setattr(apply_launch.subprocess, "run", fake_run)
+    monkeypatch.setattr(apply_launch.os, "chown", lambda *args: None)
+    plan, _ = acme_plan({"domain": "hub.example.org", "acme_ca": UNI_CA})
+    (tmp_path / "plan.json").write_text(apply_launch.plan_json(plan))
+    (tmp_path / "Caddyfile").write_text(hub.render_caddyfile(**plan))
+
+    assert apply_launch.check_front() == 0  # no certificate: reported, nothing restarted
+    assert not any("try-restart" in call for call in calls)
+    report = capsys.readouterr().err
+    assert "no ACME certificate for hub.example.org yet" in report and "no such host" in report
+
+    where = hub.acme_certificate("hub.example.org", UNI_CA, tmp_path)
+    where.parent.mkdir(parents=True)
+    real_run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+              "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", tmp_path / "k", "-out", where,
+              "-days", "30", "-subj", "/CN=hub.example.org", "-addext",
+              "subjectAltName=DNS:hub.example.org"], check=True, capture_output=True)
+    calls.clear()
+    assert apply_launch.check_front() == 0  # issued: the domain's own policy, one restart
+    assert calls == [["systemctl", "try-restart", "hubkiln-front.service"]]
+    assert "protocols tls1.2 tls1.3" in (tmp_path / "Caddyfile").read_text()
+    assert "its certificate is in place" in capsys.readouterr().out
+    calls.clear()
+    assert apply_launch.check_front() == 0 and calls == []  # nothing changed: no restart

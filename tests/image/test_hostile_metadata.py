@@ -30,7 +30,9 @@ from hubkiln_hardening import METADATA_ADDRESSES  # noqa: E402
 UNIT = "hubkiln-metadata-standin"
 SCRIPT = f"/run/{UNIT}.py"
 REPLY = "hubkiln-metadata-standin"
-PORT = 80
+#: Not 80: the front listens on *:80 (the bind would fail). The rules block every TCP
+#: port of these addresses but 53 (DNS on some clouds), so any other port proves them.
+PORT = 8775
 #: One listener thread per address; the unit's RuntimeMaxSec bounds its life.
 STANDIN = f"""import socket, sys, threading
 def serve(address):

@@ -106,19 +106,22 @@ def test_the_students_limit_is_the_profiles(host, student, disk_limit):
 def filled(host, student, disk_limit):
     """The first student after filling their quota: (bytes taken, the last refusal,
     what a plain 2 MiB write then said, bytes in the home before)."""
-    home = host.user(student.name).home
-    host.run(f"rm -rf {home}/{FOLDER}")
-    before = int(host.run(f"du -sx --block-size=1 {home}").stdout.split()[0])
-    try:
+    # A module fixture is set up before the per-test root of conftest's _as_root.
+    with host.sudo():
+        home = host.user(student.name).home
+        host.run(f"rm -rf {home}/{FOLDER}")
+        before = int(host.run(f"du -sx --block-size=1 {home}").stdout.split()[0])
         run = host.run(as_user(student.name, FILL.format(home=home, folder=FOLDER,
                                                           bound=disk_limit + 64 * MIB)))
-        assert run.rc == 0, run.stdout + run.stderr
-        found = dict(line.split(" ", 1) for line in run.stdout.splitlines() if " " in line)
         save = host.run(as_user(student.name, f"head -c {2 * MIB} /dev/zero "
                                               f"> {home}/{FOLDER}/notebook.ipynb"))
+    try:
+        assert run.rc == 0, run.stdout + run.stderr
+        found = dict(line.split(" ", 1) for line in run.stdout.splitlines() if " " in line)
         yield int(found["taken"]), found["refused"], save, before
     finally:
-        host.run(f"rm -rf {home}/{FOLDER}")
+        with host.sudo():
+            host.run(f"rm -rf {home}/{FOLDER}")
 
 
 def test_a_student_is_refused_past_their_quota(filled, disk_limit):

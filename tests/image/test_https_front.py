@@ -59,3 +59,26 @@ def test_next_parameter_stays_on_site(front, tls_context):
     status, body, _ = fetch(front.url("/hub/login?next=//evil.example/x"), tls_context)
     assert status == 200
     assert "//evil.example" not in body.split("<form", 1)[1].split(">", 1)[0]
+
+
+def test_the_front_sees_only_its_own_storage_in_home(host):
+    """The front (Caddy, user caddy) sees an empty /home except its ACME storage
+    /home/.hubkiln/caddy, which it can write; the registry and hub state beside it and
+    every student's home stay out of its sight."""
+    pid = host.run("systemctl show -P MainPID hubkiln-front.service").stdout.strip()
+    assert pid not in ("", "0"), "hubkiln-front.service is not running"
+    inside = f"nsenter -t {pid} -m --"
+    assert host.run(f"{inside} ls -A /home").stdout.split() == [".hubkiln"]
+    assert host.run(f"{inside} ls -A /home/.hubkiln").stdout.split() == ["caddy"]
+    # The stand-in is live: outside the front's namespace there is more to hide.
+    outside = set(host.run("ls -A /home/.hubkiln").stdout.split())
+    assert outside - {"caddy"}, f"nothing beside the storage to hide: {outside}"
+    storage = host.file("/home/.hubkiln/caddy")
+    assert (storage.user, storage.mode) == ("caddy", 0o700)
+    probe = "/home/.hubkiln/caddy/.hubkiln-test-probe"
+    try:
+        wrote = host.run(f"{inside} runuser -u caddy -- touch {probe}")
+        assert wrote.rc == 0, f"the front cannot write its storage: {wrote.stderr}"
+        assert host.file(probe).exists  # the real folder, not a copy in the namespace
+    finally:
+        host.run(f"rm -f {probe}")

@@ -110,3 +110,14 @@ def test_configuration_is_root_owned(host, path, mode):
 
 def test_oauth_secret_is_not_in_the_baked_settings(host):
     assert "client_secret" not in host.file("/etc/hubkiln/hub.d/00-profile.yaml").content_string
+
+
+def test_the_image_runs_with_the_settings_it_was_given(image_settings, expected):
+    """The image's merged hub settings are those of its profile and launch settings: a
+    setting lost on the way (build, drop-ins, apply-launch) fails here. OAuth secrets
+    are hidden in the image's listing; the hashes are compared as given."""
+    shown = dict(image_settings)
+    wanted = {**expected, "oauth": "(hidden)" if expected["oauth"] else None}
+    for key in sorted(set(shown) | set(wanted)):
+        assert shown.get(key) == wanted.get(key), (
+            f"{key}: the image runs with {shown.get(key)!r}, it was given {wanted.get(key)!r}")

@@ -23,7 +23,8 @@ STATE = {
     "sysctl": "cat /usr/lib/sysctl.d/*.conf /etc/sysctl.d/*.conf 2>/dev/null "
               "| sed -n 's/^[[:space:]]*\\([a-z][a-z0-9_.]*\\)[[:space:]]*=.*/\\1/p' "
               "| sort -u | xargs -r sysctl 2>/dev/null",
-    "firewall": "nft list ruleset 2>/dev/null | grep -v '^\\s*#' || true",
+    # hubkiln's own table: fail2ban's (f2b-table) comes and goes with its bans.
+    "firewall": "nft list table inet hubkiln_filter 2>/dev/null | grep -v '^\\s*#' || true",
     "users": "getent passwd | cut -d: -f1,3,6,7 | sort",
     "groups": "getent group hubkiln-students hubkiln-admins",
     "secrets": f"sha256sum {SECRET} /var/lib/hubkiln/secrets/* | sort",

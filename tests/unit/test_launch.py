@@ -113,7 +113,8 @@ def test_the_example_is_valid_and_complete():
 def test_missing_keys_get_their_defaults(in_tmp):
     launch = load_launch(write(in_tmp, "users: [alice]\n"))
     assert launch.data == {"hostname": "hubkiln", "domain": None, "acme_email": None,
-                           "acme_ca": None, "acme_ca_root": None, "admins": [], "users": ["alice"], "admin_password_hashes": {},
+                           "acme_ca": None, "acme_ca_root": None, "admins": [],
+                           "users": ["alice"], "admin_password_hashes": {},
                            "enrolment_codes": True, "enrolment_code_hashes": {},
                            "ssh_authorized_keys": [], "oauth": None, "tls": None}
 
@@ -746,3 +747,68 @@ def test_invoke_seed_checks_against_a_profile(tmp_path):
 def test_invoke_seed_without_config_says_what_to_give(tmp_path):
     result = invoke(cwd=tmp_path)
     assert result.returncode == 1 and "--config FILE" in result.stderr
+
+
+# --- another ACME CA (acme_ca, acme_ca_root) ---------------------------------------------
+
+UNI_CA = "https://acme.uni.example/acme/directory"
+
+
+@needs_openssl
+def test_an_acme_ca_with_its_root_loads_and_is_summarized(in_tmp):
+    from hubkiln.launch import summarize
+
+    root, _ = make_cert(in_tmp, "root", "Uni Root CA")
+    path = write(in_tmp, "")
+    path.write_text(yaml.safe_dump({"users": ["a"], "domain": "hub.example.org",
+                                    "acme_ca": UNI_CA, "acme_ca_root": root.read_text()}))
+    launch = load_launch(path)
+    assert launch["acme_ca"] == UNI_CA and launch["acme_ca_root"] == root.read_text()
+    assert summarize(launch)[-1] == (f"HTTPS: ACME ({UNI_CA}) for hub.example.org, "
+                                     "self-signed until it issues")
+    plain = load_launch(write(in_tmp, "users: [a]\ndomain: hub.example.org\n", "le.yaml"))
+    assert summarize(plain)[-1] == ("HTTPS: ACME (Let's Encrypt) for hub.example.org, "
+                                    "self-signed until it issues")
+    assert "Let's Encrypt for" not in " ".join(summarize(launch) + summarize(plain))
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    ("domain: hub.example.org\nacme_ca: http://acme.uni.example/directory\n",
+     "acme_ca", "is not an https:// directory URL"),
+    ("domain: hub.example.org\nacme_ca: 'https://acme.uni.example/dir?x=1'\n",
+     "acme_ca", "is not an https:// directory URL"),
+    ("acme_ca: https://acme.uni.example/directory\n", "acme_ca", "is used only with a `domain`"),
+    ("domain: hub.example.org\nacme_ca_root: 'not a certificate'\n",
+     "acme_ca_root", "is the root of the CA named in `acme_ca`"),
+])
+def test_bad_acme_ca_settings_are_named(in_tmp, text, key, words):
+    found = problems_of(write(in_tmp, "users: [a]\n" + text), openssl=None)
+    assert any(p.startswith(f"launch.yaml: {key}: ") and words in p for p in found), found
+    # The same settings with the key left out are fine: the key is what is wrong.
+    good = "".join(line + "\n" for line in text.splitlines() if not line.startswith(key))
+    load_launch(write(in_tmp, "users: [a]\n" + good, "good.yaml"), openssl=None)
+
+
+def test_an_acme_ca_root_must_be_a_pem_certificate(in_tmp):
+    path = write(in_tmp, "users: [a]\ndomain: hub.example.org\n"
+                 f"acme_ca: {UNI_CA}\nacme_ca_root: 'just text'\n")
+    assert the_problem(path, openssl=None) == ("launch.yaml: acme_ca_root: is not a PEM "
+                                               "certificate (it should start with -----BEGIN "
+                                               "CERTIFICATE-----)")
+
+
+@needs_openssl
+def test_an_expired_acme_ca_root_is_refused(in_tmp):
+    old, _ = make_expired_cert(in_tmp)
+    path = write(in_tmp, "")
+    path.write_text(yaml.safe_dump({"users": ["a"], "domain": "hub.example.org",
+                                    "acme_ca": UNI_CA, "acme_ca_root": old.read_text()}))
+    assert the_problem(path) == "launch.yaml: acme_ca_root: has expired"
+
+
+def test_a_local_launch_drops_the_acme_ca_with_the_domain(in_tmp):
+    path = write(in_tmp, f"users: [a]\ndomain: hub.example.org\nacme_ca: {UNI_CA}\n")
+    launch, notes = local_launch(load_launch(path, openssl=None))
+    assert launch["domain"] is None and launch["acme_ca"] is None and notes
+    # What the image then receives passes the image's own rule.
+    assert guest.settings().acme_problems(launch.data) == []

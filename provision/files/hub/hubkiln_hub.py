@@ -486,7 +486,9 @@ def render_caddyfile(mode: str, *, domain: str | None = None, email: str | None 
     head = ["# Written by hubkiln-apply-launch; do not edit. Change /etc/hubkiln/launch.yaml",
             "# and run `sudo hubkiln-apply-launch` instead.", "{",
             "\t# no admin API: local users must not be able to reconfigure the front",
-            "\tadmin off", "\tauto_https disable_redirects"]
+            "\tadmin off", "\tauto_https disable_redirects",
+            # every mode: one place for Caddy's state, the only one its unit may write in /home
+            f"\tstorage file_system {storage}"]
     # The hub trusts X-Real-Ip before X-Forwarded-For (tornado's xheaders): set it to
     # the client's own address, so that nobody can choose the address that fail2ban's
     # hub jail bans (Caddy already replaces X-Forwarded-For).
@@ -501,7 +503,6 @@ def render_caddyfile(mode: str, *, domain: str | None = None, email: str | None 
     if mode == "acme":
         if not domain:
             raise ValueError("acme mode needs a domain")
-        head += [f"\tstorage file_system {storage}"]
         issuer = ["\t\tissuer acme {", f"\t\t\tdir {ca or LETS_ENCRYPT}",
                   *([f"\t\t\temail {email}"] if email else []),
                   *([f"\t\t\ttrusted_roots {ca_root}"] if ca_root else []), "\t\t}"]

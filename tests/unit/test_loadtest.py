@@ -1,0 +1,353 @@
+"""The class-start benchmark's pure parts, and its client against a fake hub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+from aiohttp import web
+
+from hubkiln import loadclient, loadtest
+from hubkiln.errors import BuildError
+
+
+def test_percentiles_use_the_nearest_rank():
+    values = [float(v) for v in range(1, 21)]  # 1 .. 20
+    assert loadtest.percentiles(values) == {"count": 20, "p50": 10.0, "p95": 19.0,
+                                            "max": 20.0}
+
+
+def test_percentiles_of_one_value_and_of_none():
+    assert loadtest.percentiles([3.2]) == {"count": 1, "p50": 3.2, "p95": 3.2, "max": 3.2}
+    assert loadtest.percentiles([])["p95"] is None
+
+
+def test_arrivals_spread_evenly_over_the_ramp_the_first_at_once():
+    assert loadtest.arrival_schedule(4, 60) == [0.0, 15.0, 30.0, 45.0]
+    assert loadtest.arrival_schedule(1, 60) == [0.0]
+    assert loadtest.arrival_schedule(3, 0) == [0.0, 0.0, 0.0]
+
+
+def test_the_roster_is_numbered_from_one():
+    assert loadtest.roster(3) == ["student001", "student002", "student003"]
+    assert loadtest.roster(500)[-1] == "student500"
+
+
+@pytest.mark.parametrize(("students", "ramp", "active", "engine", "message"), [
+    (0, 60, 120, "container", "--students 0"),
+    (501, 60, 120, "container", "--students 501"),
+    (10, -1, 120, "container", "--ramp -1"),
+    (10, 60, 4000, "container", "--active 4000"),
+    (10, 60, 120, "docker", "--engine 'docker'"),
+])
+def test_bad_arguments_are_refused_by_name(students, ramp, active, engine, message):
+    with pytest.raises(BuildError, match=message):
+        loadtest.check_arguments(students, ramp, active, engine)
+
+
+def test_good_arguments_pass():
+    loadtest.check_arguments(500, 0, 0, "container")
+    loadtest.check_arguments(1, 3600, 3600, "vm")
+
+
+def test_the_first_cell_imports_the_course_packages():
+    """In a fresh interpreter (this one has imported them already); the venv has both."""
+    cell = loadclient.first_cell("no-such-profile", ["PyYAML>=6", "rich"])
+    check = "import sys\nprint(sorted({'yaml', 'rich'} & set(sys.modules)))"
+    ran = subprocess.run([sys.executable, "-c", cell + check], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "['rich', 'yaml']"
+
+
+def test_the_first_cell_fails_on_a_missing_course_package():
+    with pytest.raises(ModuleNotFoundError, match="no_such_course_package"):
+        exec(loadclient.first_cell("x", ["no-such-course-package==1.0"]), {})
+
+
+def test_profiles_with_a_workload_get_it():
+    assert "pulp.LpProblem" in loadclient.first_cell("optimization", ["pulp==3.3.2"])
+    assert "networkx" in loadclient.first_cell("ci", ["networkx"])
+
+
+def test_a_process_is_assigned_to_its_students_unit():
+    cgroup = ("1:name=systemd:/hubkiln-students.slice/jupyter-student007-singleuser.service\n"
+              "0::/hubkiln-students.slice/jupyter-student007-singleuser.service\n")
+    assert loadtest.student_unit(cgroup) == "student007"
+    assert loadtest.student_unit("0::/system.slice/jupyterhub.service\n") is None
+
+
+def test_processes_are_summed_per_student_unit():
+    prefix = "0::/hubkiln-students.slice/jupyter-"
+    processes = [[f"{prefix}student001-singleuser.service\n", 100, False],
+                 [f"{prefix}student001-singleuser.service\n", 50, True],
+                 [f"{prefix}student002-singleuser.service\n", 70, False],
+                 ["0::/system.slice/hubkiln-other-singleuser.service.d\n", 999, True]]
+    assert loadtest.units_of(processes) == {"student001": {"pss": 150, "kernel": True},
+                                            "student002": {"pss": 70, "kernel": False}}
+
+
+def test_the_sampling_script_runs_and_its_output_parses():
+    """Here, on the build host: no student units, and maybe no systemd to ask."""
+    ran = subprocess.run([sys.executable, "-c", loadtest.SAMPLE_SCRIPT], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    sample = loadtest.parse_sample(ran.stdout)
+    assert sample["units"] == {}
+    assert sample["cpus"] >= 1 and 0 < sample["mem_available"] <= sample["mem_total"]
+
+
+class FakeVm:
+    class spec:  # noqa: N801 (a stand-in for VmSpec)
+        forwards = {22: 2222, 443: 4443}
+        accelerator = "tcg"
+
+    def __init__(self):
+        self.commands = []
+
+    def ssh(self, user, key, command, *, timeout, check):
+        self.commands.append((user, command))
+        return subprocess.CompletedProcess([], 0, "", "")
+
+
+def test_the_vm_is_reached_on_its_forwarded_port_and_read_as_the_admins_ssh_account():
+    vm = FakeVm()
+    machine = loadtest.VmMachine(vm, None)
+    assert machine.base_url == "https://localhost:4443"
+    assert machine.client(["python", "-m", "hubkiln.loadclient"]) == [
+        "python", "-m", "hubkiln.loadclient"]
+    machine.guest(["systemctl", "show", "-p", "Id", "jupyter-*-singleuser.service"])
+    assert vm.commands == [(loadtest.OPERATOR, "sudo -n systemctl show -p Id "
+                                               "'jupyter-*-singleuser.service'")]
+    assert loadtest.OPERATOR != loadtest.ADMIN  # the SSH account, not the hub account
+
+
+def test_the_container_client_runs_in_its_network_namespace():
+    class Box:
+        leader = 4242
+
+        def in_netns(self, argv):
+            return ["nsenter", "-t", str(self.leader), "-n", "--", *argv]
+
+    machine = loadtest.ContainerMachine(Box())
+    assert machine.base_url == "https://localhost"
+    assert machine.client(["python"])[:5] == ["nsenter", "-t", "4242", "-n", "--"]
+
+
+def test_memory_current_is_parsed_and_not_set_is_none():
+    text = ("MemoryCurrent=[not set]\nId=hubkiln-students.slice\n\n"
+            "Id=jupyter-student001-singleuser.service\nMemoryCurrent=1048576\n")
+    assert loadtest.parse_memory_current(text) == {
+        "hubkiln-students.slice": None, "jupyter-student001-singleuser.service": 1048576}
+
+
+def unit(pss_mib: int, kernel: bool) -> dict:
+    return {"pss": pss_mib * loadtest.MIB, "kernel": kernel}
+
+
+def test_memory_per_student_is_the_peak_active_and_the_idle_after_the_class():
+    samples = [
+        {"units": {"a": unit(40, False)}},  # still starting: not counted as idle
+        {"units": {"a": unit(150, True), "b": unit(170, True)}},
+        {"units": {"a": unit(160, True), "b": unit(150, True)}},
+        {"after": True, "units": {"a": unit(100, False), "b": unit(110, False)}},
+    ]
+    memory = loadtest.memory_per_student(samples)
+    assert memory["active"] == {"students": 2, "median_mib": 165.0, "max_mib": 170.0}
+    assert memory["idle"] == {"students": 2, "median_mib": 105.0, "max_mib": 110.0}
+
+
+def test_cgroup_memory_says_when_it_is_not_measurable():
+    unset = [{"cgroup": {"hubkiln-students.slice": None}}]
+    assert "not measurable in this container" in loadtest.cgroup_memory(unset, "container")
+    assert loadtest.cgroup_memory([{"cgroup": {"hubkiln-students.slice": 3 * loadtest.MIB}}],
+                                  "vm (kvm)") == {"students_slice_peak_mib": 3.0}
+
+
+def client_result(name: str, spawn: float | None, failure: dict | None = None) -> dict:
+    steps = {"login": 1.0, "spawn": spawn, "lab": 0.3, "kernel": 0.1, "first_cell": 0.5,
+             "stop": 0.1} if spawn else {"login": 2.0}
+    return {"name": name, "steps": steps, "cells": [0.05] if spawn else [],
+            "failure": failure}
+
+
+def test_the_record_counts_failures_by_kind_and_the_sizing_line_says_what_was_measured():
+    client = {"hub_wait_seconds": 6.0, "students": [
+        client_result("student001", 8.0), client_result("student002", 12.0),
+        client_result("student003", None, {"step": "spawn", "kind": "timeout",
+                                           "detail": "not ready"})],
+        "monitor": [{"t": 0, "seconds": 0.02}, {"t": 2, "seconds": 30.0, "error": "timeout"}]}
+    machine = {"cpus": 2, "mem_total": 24 << 30, "cgroup": {}}
+    samples = [{**machine, "load1": 2.5, "mem_available": 20 << 30,
+                "units": {"student001": unit(150, True)}},
+               {**machine, "after": True, "load1": 3.5, "mem_available": 19 << 30,
+                "units": {"student001": unit(100, False)}}]
+    record = loadtest.capacity_record(
+        profile="ci", image="hubkiln-ci.qcow2", engine="container", students=3, ramp=10,
+        active=30, client=client, samples=samples, host_note="the host's", boot_seconds=6.04)
+    assert record["completed"] == 2
+    assert record["failures"] == {"spawn: timeout": 1}
+    assert record["steps"]["spawn"] == {"count": 2, "p50": 8.0, "p95": 12.0, "max": 12.0}
+    assert record["hub_api"] == {"count": 1, "p50": 0.02, "p95": 0.02, "max": 0.02,
+                                 "errors": 1}
+    assert record["cpu"]["load1_max"] == 3.5
+    assert record["memory"]["mem_available_mib"] == {"start": 20480, "min": 19456}
+    assert record["host"] == {"cpus": 2, "memory_gib": 24}
+    assert record["sizing"] == (
+        "container on 2 vCPU / 24 GiB: 3 students at class start (logins over 10 s), "
+        "2 completed, login p95 2.0 s, spawn p95 12.0 s, 1 failure; memory per active "
+        "student 150 MiB (server and course kernel, median PSS), idle 100 MiB")
+
+
+def test_the_sizing_line_never_fills_in_what_was_not_measured():
+    client = {"students": [client_result("student001", None, {
+        "step": "login", "kind": "HTTP 403", "detail": ""})], "monitor": []}
+    record = loadtest.capacity_record(
+        profile="ci", image="x", engine="container", students=1, ramp=0, active=0,
+        client=client, samples=[], host_note="the host's", boot_seconds=1)
+    assert "spawn p95 none completed" in record["sizing"]
+    assert "memory per active student not measured" in record["sizing"]
+    assert "1 failure;" in record["sizing"]
+    assert record["sizing"].startswith("container on ? vCPU / ? GiB:")
+
+
+def test_the_seed_holds_only_the_keys_the_load_test_sets_with_a_code_for_each_student():
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG3Qm3Jk0p6vQh8m2hQ0y8WfZ9QxY5r6sP7t8u9v0w1x test"
+    settings, credentials = loadtest.launch_settings(3, key)
+    assert set(settings.data) == set(loadtest.LAUNCH_KEYS)
+    assert settings["ssh_authorized_keys"] == [key]
+    assert sorted(credentials.enrolment_codes) == loadtest.roster(3)
+    assert sorted(settings["enrolment_code_hashes"]) == loadtest.roster(3)
+    assert list(credentials.admin_passwords) == [loadtest.ADMIN]
+    assert credentials.enrolment_codes["student001"] not in json.dumps(settings.data)
+
+
+def test_failure_kinds():
+    assert loadclient.failure_kind(TimeoutError()) == "timeout"
+    assert loadclient.failure_kind(loadclient.StepFailed("HTTP 502", "x")) == "HTTP 502"
+    assert loadclient.failure_kind(ValueError("x")) == "error: ValueError"
+
+
+# ------------------------------------------------------------ the client, against a fake hub
+CODES = {"student001": "AAAA-BBBB-CCCC", "student002": "DDDD-EEEE-FFFF"}
+FORM = '<form><input type="hidden" name="_xsrf" value="hub-token"/></form>'
+
+
+def fake_hub() -> web.Application:
+    """The hub's and a server's endpoints as the client uses them, with their checks:
+    the _xsrf of the form and of the API calls, the enrolment code, the websocket."""
+    routes = web.RouteTableDef()
+
+    @routes.get("/hub/login")
+    async def login_page(request):
+        response = web.Response(text=FORM, content_type="text/html")
+        response.set_cookie("_xsrf", "hub-token", path="/hub/")
+        return response
+
+    @routes.post("/hub/login")
+    async def login(request):
+        form = await request.post()
+        if form["_xsrf"] != request.cookies.get("_xsrf") or \
+                CODES.get(form["username"], form["otp"]) != form["otp"]:
+            return web.Response(status=403, text="Invalid username or password")
+        raise web.HTTPFound("/hub/", headers={"Set-Cookie": "hub-session=1; Path=/hub/"})
+
+    @routes.get("/hub/")
+    async def home(request):
+        return web.Response(text="spawn pending")
+
+    @routes.get("/hub/api")
+    async def version(request):
+        return web.json_response({"version": "fake"})
+
+    @routes.get("/hub/api/users/{name}/server/progress")
+    async def progress(request):
+        assert request.headers["X-XSRFToken"] == "hub-token"
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in ({"progress": 50}, {"progress": 100, "ready": True}):
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        return response
+
+    @routes.get("/user/{name}/lab")
+    async def lab(request):
+        response = web.Response(text="lab")
+        response.set_cookie("_xsrf", "server-token", path=f"/user/{request.match_info['name']}/")
+        return response
+
+    @routes.post("/user/{name}/api/kernels")
+    async def start_kernel(request):
+        if request.headers.get("X-XSRFToken") != "server-token":
+            return web.Response(status=403)
+        return web.json_response({"id": "k1"}, status=201)
+
+    @routes.delete("/user/{name}/api/kernels/{kernel}")
+    async def stop_kernel(request):
+        return web.Response(status=204 if request.headers.get("X-XSRFToken") else 403)
+
+    @routes.get("/user/{name}/api/kernels/{kernel}/channels")
+    async def channels(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            sent = json.loads(message.data)
+            parent = {"msg_id": sent["header"]["msg_id"]}
+            failed = "raise" in sent["content"]["code"]
+            reply = {"status": "error", "ename": "ValueError", "evalue": "x"} if failed \
+                else {"status": "ok"}
+            for kind, content in (("status", {"execution_state": "busy"}),
+                                  ("execute_reply", reply),
+                                  ("status", {"execution_state": "idle"})):
+                await ws.send_json({"msg_type": kind, "content": content,
+                                    "parent_header": parent})
+        return ws
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+def run_against_fake_hub(plan: dict) -> dict:
+    async def main():
+        runner = web.AppRunner(fake_hub())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            return await loadclient.run_plan({**plan, "base_url": f"http://127.0.0.1:{port}"},
+                                             log=lambda line: None)
+        finally:
+            await runner.cleanup()
+    return asyncio.run(main())
+
+
+def plan(**changes) -> dict:
+    return {"admin": {"name": "teacher", "password": "p"},
+            "students": [{"name": "student001", "at": 0, "code": CODES["student001"],
+                          "password": "pw"},
+                         {"name": "student002", "at": 0.05, "code": "WRONG-CODE",
+                          "password": "pw"}],
+            "first_cell": "import sys", "active_cell": "1 + 1", "active_seconds": 0.5,
+            "cell_interval": 0.2, "hub_wait_seconds": 10, "deadline_seconds": 30, **changes}
+
+
+def test_the_client_drives_a_student_through_every_step_and_records_a_refused_login():
+    results = run_against_fake_hub(plan())
+    ok, refused = results["students"]
+    assert ok["failure"] is None, ok
+    assert set(ok["steps"]) == {"login", "spawn", "lab", "kernel", "first_cell", "stop"}
+    assert len(ok["cells"]) == 2
+    assert ok["spawn_followed"] == "progress"
+    assert refused["failure"]["step"] == "login"
+    assert refused["failure"]["kind"] == "HTTP 403"
+    assert results["monitor"] and "error" not in results["monitor"][0]
+
+
+def test_a_failing_cell_is_recorded_by_its_error():
+    results = run_against_fake_hub(plan(first_cell="raise ValueError('x')"))
+    assert results["students"][0]["failure"]["kind"] == "cell: ValueError"
+    assert results["students"][0]["failure"]["step"] == "first_cell"
