@@ -208,7 +208,7 @@ def journal(host: Any):
 @pytest.fixture(scope="module")
 def image_settings(host: Any) -> dict[str, Any]:
     """The hub settings the image runs with (its merged hub.d drop-ins, read back from
-    the image): only to compare with `expected`, never as the expected values."""
+    the image): only to compare with `given_settings`, never as the expected values."""
     with as_root(host):
         result = host.run(f"{HUB_PY} -m hubkiln_hub check")
         assert result.rc == 0, f"the hub settings do not check:\n{result.stderr}" + unit_journal(
@@ -217,10 +217,10 @@ def image_settings(host: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def settings(expected: dict[str, Any], host: Any) -> dict[str, Any]:
-    """The hub settings the image must run with: `expected`, worked out from what it was
-    given (kept under this name for the tests that decide what to check by them)."""
-    return expected
+def settings(given_settings: dict[str, Any], host: Any) -> dict[str, Any]:
+    """The hub settings the image must run with: `given_settings`, worked out from what
+    it was given (kept under this name for the tests that decide what to check by them)."""
+    return given_settings
 
 
 @pytest.fixture(scope="session")
@@ -242,7 +242,7 @@ def launch(given_launch: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def expected(given_launch: dict[str, Any]) -> dict[str, Any]:
+def given_settings(given_launch: dict[str, Any]) -> dict[str, Any]:
     """The hub settings the guest must run with, worked out on the host from the profile
     (HUBKILN_TEST_PROFILE) and the launch settings given, with the image's own rules:
     hubkiln_hub's defaults and merge, and hubkiln-apply-launch's launch drop-in."""

@@ -50,8 +50,8 @@ def test_config_value(config, key, expected):
     assert config.get(key) == expected
 
 
-def test_no_admin_access_and_an_explicit_allow_list(config, expected):
-    settings = expected
+def test_no_admin_access_and_an_explicit_allow_list(config, given_settings):
+    settings = given_settings
     assert "JupyterHub.admin_access" not in config
     if settings["authenticator"] in ("native", "lti13") and not settings["users"]:
         pytest.skip(f"'{settings['authenticator']}' without a roster lets its own approval decide")
@@ -63,20 +63,20 @@ def test_no_admin_access_and_an_explicit_allow_list(config, expected):
     assert not config.get("Authenticator.admin_users")
 
 
-def test_limits_come_from_the_profile(config, expected):
-    limits = expected["limits"]
+def test_limits_come_from_the_profile(config, given_settings):
+    limits = given_settings["limits"]
     assert config["Spawner.mem_limit"] == limits["memory"]
     assert config["Spawner.cpu_limit"] == float(limits["cpu"])
     assert config["SystemdSpawner.unit_extra_properties"]["TasksMax"] == str(limits["tasks"])
 
 
-def test_default_ui(config, expected):
+def test_default_ui(config, given_settings):
     assert config["Spawner.default_url"] == {"lab": "/lab", "notebook": "/tree"}[
-        expected["default_ui"]]
+        given_settings["default_ui"]]
 
 
-def test_idle_culler_is_a_service_with_a_narrow_role(config, expected):
-    settings = expected
+def test_idle_culler_is_a_service_with_a_narrow_role(config, given_settings):
+    settings = given_settings
     if not settings["idle_culling"]["enabled"]:
         pytest.skip("idle culling is disabled by the profile")
     services = {s["name"]: s for s in config["JupyterHub.services"]}
@@ -112,12 +112,12 @@ def test_oauth_secret_is_not_in_the_baked_settings(host):
     assert "client_secret" not in host.file("/etc/hubkiln/hub.d/00-profile.yaml").content_string
 
 
-def test_the_image_runs_with_the_settings_it_was_given(image_settings, expected):
+def test_the_image_runs_with_the_settings_it_was_given(image_settings, given_settings):
     """The image's merged hub settings are those of its profile and launch settings: a
     setting lost on the way (build, drop-ins, apply-launch) fails here. OAuth secrets
     are hidden in the image's listing; the hashes are compared as given."""
     shown = dict(image_settings)
-    wanted = {**expected, "oauth": "(hidden)" if expected["oauth"] else None}
+    wanted = {**given_settings, "oauth": "(hidden)" if given_settings["oauth"] else None}
     for key in sorted(set(shown) | set(wanted)):
         assert shown.get(key) == wanted.get(key), (
             f"{key}: the image runs with {shown.get(key)!r}, it was given {wanted.get(key)!r}")

@@ -24,12 +24,12 @@ def test_launch_dropin_is_private_and_matches(host, launched, settings):
     assert set(launched.get("admins") or []) <= set(settings["admins"])
 
 
-def test_each_admin_has_an_ssh_account_with_sudo_and_the_keys(host, launched, expected):
+def test_each_admin_has_an_ssh_account_with_sudo_and_the_keys(host, launched, given_settings):
     """NAME-admin: sudo and exactly the launch's keys, in a root-owned file."""
     from hubkiln.guest import settings as guest_settings
 
     keys = launched["ssh_authorized_keys"]
-    for name in expected["admins"]:
+    for name in given_settings["admins"]:
         operator = guest_settings().operator_name(name)
         user = host.user(operator)
         assert user.exists, f"admin {name} has no SSH account {operator}"
@@ -43,13 +43,13 @@ def test_each_admin_has_an_ssh_account_with_sudo_and_the_keys(host, launched, ex
         assert not host.file(f"{user.home}/.ssh/authorized_keys").exists
 
 
-def test_no_hub_account_has_sudo_or_ssh(host, expected):
+def test_no_hub_account_has_sudo_or_ssh(host, given_settings):
     """The accounts the hub's servers run as (admins' included) are in neither group, and
     have no key file."""
     privileged = set()
     for group in ("sudo", "hubkiln-admins"):
         privileged |= set(host.group(group).members) if host.group(group).exists else set()
-    hub_accounts = set(expected["users"]) | set(expected["admins"])
+    hub_accounts = set(given_settings["users"]) | set(given_settings["admins"])
     assert not privileged & hub_accounts, privileged & hub_accounts
     for name in hub_accounts:
         assert not host.file(f"/etc/ssh/hubkiln-keys/{name}").exists

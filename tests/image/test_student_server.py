@@ -42,8 +42,8 @@ def test_server_unit_is_active(host, student, journal):
 
 
 @pytest.mark.needs("limits")
-def test_server_unit_has_the_profiles_limits(host, student, expected):
-    limits = expected["limits"]
+def test_server_unit_has_the_profiles_limits(host, student, given_settings):
+    limits = given_settings["limits"]
     show = host.run(f"systemctl show -p MemoryMax -p CPUQuotaPerSecUSec -p TasksMax "
                     f"{unit_of(student)}")
     shown = dict(line.split("=", 1) for line in show.stdout.split())

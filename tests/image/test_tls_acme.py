@@ -140,12 +140,12 @@ def wait_for(host: Any, command: str, seconds: float) -> bool:
 
 
 @pytest.fixture
-def acme_front(host: Any, expected: dict[str, Any], journal):
+def acme_front(host: Any, given_settings: dict[str, Any], journal):
     """apply(**launch keys) re-applies the guest's launch settings with them (the domain,
     the CA); afterwards the original launch file is applied again and the test CA's
     state, the hosts entry and the check timer are put back."""
-    if expected["tls"]["mode"] != "auto":
-        pytest.skip(f"the profile's tls.mode is {expected['tls']['mode']!r}: no ACME")
+    if given_settings["tls"]["mode"] != "auto":
+        pytest.skip(f"the profile's tls.mode is {given_settings['tls']['mode']!r}: no ACME")
     original = host.file("/etc/hubkiln/launch.yaml")
     base = (yaml.safe_load(original.content_string) or {}) if original.exists else {}
     host.run(f"systemctl stop {CA_UNIT}.service")  # left over from an interrupted run
