@@ -8,6 +8,7 @@ one place. They need only the standard library and PyYAML at import time.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 from functools import cache
@@ -17,19 +18,25 @@ from types import ModuleType
 HUB_FILES = Path(__file__).resolve().parent.parent / "provision" / "files" / "hub"
 
 
-def _load(name: str) -> ModuleType:
-    """Import a guest file without writing __pycache__ into provision/ (its contents
-    are hashed into the build's cache keys)."""
-    spec = importlib.util.spec_from_file_location(f"hubkiln_guest_{name}", HUB_FILES / f"{name}.py")
-    assert spec and spec.loader, f"cannot load {HUB_FILES / name}.py"
+def load_module(name: str, path: Path) -> ModuleType:
+    """Import the guest file `path` (a program without `.py` too) as module `name`,
+    without writing __pycache__ into provision/ (its contents are hashed into the
+    build's cache keys)."""
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec, f"cannot load {path}"
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
     previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     finally:
         sys.dont_write_bytecode = previous
     return module
+
+
+def _load(name: str) -> ModuleType:
+    return load_module(f"hubkiln_guest_{name}", HUB_FILES / f"{name}.py")
 
 
 @cache

@@ -260,22 +260,12 @@ def given_settings(given_launch: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_guest_script(path: Any) -> Any:
-    """A guest program as a module (it imports hubkiln_hub, loaded from the repo first),
-    without writing __pycache__ into provision/ (hashed into the build's cache keys)."""
-    import importlib.machinery
-    import importlib.util
-
+    """A guest program as a module (it imports hubkiln_hub, loaded from the repo first)."""
+    from hubkiln.guest import load_module
     from hubkiln.guest import settings as guest_settings
 
     sys.modules.setdefault("hubkiln_hub", guest_settings())
-    loader = importlib.machinery.SourceFileLoader(f"hubkiln_guest_{path.name}", str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
-    return module
+    return load_module(f"hubkiln_guest_{path.name}", path)
 
 
 @pytest.fixture(scope="session")
@@ -286,20 +276,12 @@ def hardening() -> dict[str, Any]:
     path = os.environ.get("HUBKILN_TEST_PROFILE")
     if not path:
         pytest.skip("needs HUBKILN_TEST_PROFILE: the profile the image was built from")
-    import importlib.util
-
+    from hubkiln.guest import load_module
     from hubkiln.profile import PROJECT_DIR, load_profile
     from hubkiln.provision import hardening_settings
 
     helper = PROJECT_DIR / "provision" / "files" / "hardening" / "hubkiln_hardening.py"
-    spec = importlib.util.spec_from_file_location("hubkiln_hardening_rules", helper)
-    assert spec and spec.loader
-    rules = importlib.util.module_from_spec(spec)
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(rules)
-    finally:
-        sys.dont_write_bytecode = previous
+    rules = load_module("hubkiln_hardening_rules", helper)
     settings = rules.check_settings(hardening_settings(load_profile(path)))
     if not settings["enabled"]:
         pytest.skip("the profile turns hardening off (hardening.enabled: false)")

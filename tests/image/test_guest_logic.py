@@ -6,30 +6,14 @@ as modules; needs PyYAML only (no VM, no root).
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from hubkiln.guest import load_module as load
+
 FILES = Path(__file__).resolve().parents[2] / "provision" / "files"
-
-
-def load(name: str, path: Path):
-    """Import `path` as module `name` without writing __pycache__ into provision/ (its
-    contents are hashed into the build's cache keys)."""
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
-    return module
 
 
 hub = load("hubkiln_hub", FILES / "hub" / "hubkiln_hub.py")

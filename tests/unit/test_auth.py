@@ -8,30 +8,17 @@ stranger who knows the names: the image tests prove the same end to end.
 from __future__ import annotations
 
 import asyncio
-import importlib.machinery
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from traitlets.config import Config
 
+from hubkiln.guest import load_module as load
+
 PROJECT = Path(__file__).resolve().parents[2]
 HUB_FILES = PROJECT / "provision" / "files" / "hub"
-
-
-def load(name: str, path: Path):
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
-    sys.modules[name] = module
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
-    return module
 
 
 auth = load("hubkiln_auth", HUB_FILES / "hubkiln_auth.py")

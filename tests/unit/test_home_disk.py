@@ -7,15 +7,13 @@ no .sh suffix.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from hubkiln.guest import load_module as load
 from hubkiln.launch import ensure_data_disk, stop_instructions
 from hubkiln.profile import parse_size
 from hubkiln.provision import steps_in
@@ -27,19 +25,6 @@ QUOTA = PROJECT / "provision" / "files" / "quota"
 SHELL_TOOLS = [DATA / "hubkiln-data-disk", DATA / "hubkiln-term", DATA / "hubkiln-quota",
                QUOTA / "hubkiln-quota-modules", QUOTA / "hubkiln-quota-modules-postrm",
                PROJECT / "provision" / "files" / "bin" / "hubkiln-prepare-user"]
-
-
-def load(name: str, path: Path):
-    """Import `path` as module `name`, without __pycache__ in provision/ (it is hashed)."""
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
-    sys.modules[name] = module  # dataclasses look their module up there
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
-    return module
 
 
 # hubkiln-accounts imports the settings module of the hub's venv, as in the image.
