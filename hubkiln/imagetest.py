@@ -171,9 +171,9 @@ def plan_engines(engine: str, accelerator: str) -> list[tuple[str, str | None]]:
 def combine_records(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One validation record from the record of each engine's run (pure). A run of only
     the container says so: the tests that need the VM were not run."""
-    records = list(runs.values())
+    records = [r for r in runs.values() if r["status"] != "not-run"]
     combined: dict[str, Any] = {
-        "status": "passed" if all(r["status"] == "passed" for r in records) else "failed",
+        "status": "passed" if all(r["status"] == "passed" for r in runs.values()) else "failed",
         "at": records[-1].get("at"),
         "engines": runs,
         "seconds": round(sum(r.get("seconds", 0) for r in records), 1),
@@ -185,10 +185,12 @@ def combine_records(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "reports": {k: v for r in records for k, v in r.get("reports", {}).items()},
         "log": records[-1].get("log"),
     }
-    if "vm" in runs:
+    if "vm" in runs and runs["vm"]["status"] != "not-run":
         combined["accelerator"] = runs["vm"].get("accelerator")
         combined["boot_to_ssh_seconds"] = runs["vm"].get("boot_to_ssh_seconds")
         combined["guest_panics"] = runs["vm"].get("guest_panics", [])
+    elif "vm" in runs:
+        combined["not_run"] = "the VM's share: the container's run failed first"
     else:
         combined["not_run"] = ("the tests marked needs(...) (kernel, boot, firewall, limits, "
                                "reboot, Lynis): they need the VM engine")
@@ -209,6 +211,11 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
     choice = accel.choose_accelerator(accelerator)
     runs: dict[str, dict[str, Any]] = {}
     for name, marks in plan_engines(engine, choice.name):
+        if runs and any(run["status"] != "passed" for run in runs.values()):
+            # Failed already: booting another machine would only cost time.
+            runs[name] = {"status": "not-run", "passed": 0, "failed": 0, "skipped": 0,
+                          "failures": [], "reason": "an earlier engine's run failed"}
+            continue
         args = [*(["-m", marks] if marks else []), *(pytest_args or [])]
         if name == "container":
             progress.detail("booting the image in a container (systemd-nspawn, native speed)")

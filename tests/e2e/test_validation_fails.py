@@ -66,7 +66,7 @@ def test_broken_hub_setting_fails_the_build_at_validation(broken):
     assert manifest["validation"]["status"] == "failed"
     assert any("test_student_server" in f for f in manifest["validation"]["failures"])
     assert (folders.failed / FAILED_MARKER).exists()
-    assert (folders.failed / "logs" / "validate.log").exists()
+    assert (folders.failed / manifest["validation"]["log"]).exists()
 
 
 def test_the_last_good_image_survives_the_failed_build(broken):

@@ -177,3 +177,23 @@ def test_the_record_says_which_engine_proved_what(monkeypatch):
     assert record["reports"] == {"a": 1, "lynis": 2}
     only = imagetest.combine_records({"container": container(None, None, None, [], 0, None)})
     assert only["status"] == "passed" and "need the VM engine" in only["not_run"]
+
+
+def test_a_failed_container_run_boots_no_vm(monkeypatch):
+    from hubkiln import accel, imagetest
+
+    monkeypatch.setattr(accel, "choose_accelerator",
+                        lambda name=None: accel.AccelChoice("tcg", "test"))
+    monkeypatch.setattr(imagetest, "validate_in_container", lambda *a: {
+        "status": "failed", "passed": 3, "failed": 1, "skipped": 0, "seconds": 9.0,
+        "failures": ["t::login: 403"], "reports": {}, "log": "logs/validate-container.log"})
+
+    def vm(*args):
+        raise AssertionError("the VM was booted after the container's run failed")
+
+    monkeypatch.setattr(imagetest, "validate_in_vm", vm)
+    record = imagetest.validate_image(load_profile("ci"), Path("/i.qcow2"))
+    assert record["status"] == "failed" and record["engines"]["vm"]["status"] == "not-run"
+    assert record["failures"] == ["[container] t::login: 403"]
+    assert record["log"] == "logs/validate-container.log"
+    assert "the container's run failed first" in record["not_run"]
