@@ -91,9 +91,12 @@ def test_processes_are_summed_per_student_unit():
 
 
 def test_the_sampling_script_runs_and_its_output_parses():
-    """Here, on the build host: no student units, and maybe no systemd to ask."""
-    ran = subprocess.run([sys.executable, "-c", loadtest.SAMPLE_SCRIPT], capture_output=True,
-                         text=True, timeout=60, check=False)
+    """Here, on the build host, in a PID namespace of its own (a container of an image
+    may be running on this host, and its students' processes are in the host's /proc):
+    no student units, and maybe no systemd to ask."""
+    ran = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+                          loadtest.SAMPLE_SCRIPT], capture_output=True, text=True, timeout=60,
+                         check=False)
     assert ran.returncode == 0, ran.stderr
     sample = loadtest.parse_sample(ran.stdout)
     assert sample["units"] == {}
