@@ -56,17 +56,22 @@ def validate(c, profile="optimization"):
         "TCG, mostly while the Lynis audit runs anyway).",
         "engine": "Which machines prove the image: `auto` (default), `vm` or `container` "
         "(see `invoke test --help`).",
+        "loadtest": "After validation, measure a class start of N students (`invoke loadtest "
+        "--help`: logins over 60 s, 120 s active) and put the sizing line in the manifest.",
     },
 )
 @reports_errors
 def build(c, profile="optimization", accel=None, verbose=False, skip_validation=False,
-          faults=False, engine="auto"):
+          faults=False, engine="auto", loadtest=0):
     """Bake and validate the profile's image: rootfs → disk → bake → outputs → validation."""
     if faults:
         os.environ["HUBKILN_TEST_FAULTS"] = "1"  # read by tests/image/conftest.py
     manifest = actions.build(profile, accelerator=accel, verbose=verbose,
-                             validate_image=not skip_validation, engine=engine)
+                             validate_image=not skip_validation, engine=engine,
+                             loadtest_students=int(loadtest))
     print(f"built {manifest['files'][0]['name']} in output/{manifest['profile']}/")
+    if manifest.get("capacity"):
+        print(manifest["capacity"]["sizing"])
 
 
 @task(help={
@@ -105,18 +110,22 @@ def test(c, profile="optimization", image=None, accel=None, faults=False, select
     "ramp": "Seconds over which their logins arrive, evenly spread (default 60).",
     "active": "Seconds each student stays active after the first cell, running a cell "
     "every 20 s (default 120).",
-    "engine": "`container` (systemd-nspawn at native speed; the default) or `vm` (qemu; "
-    "a class-scale run needs KVM).",
-    "image": "Image file to boot instead of the profile's last build.",
+    "engine": "`auto` (default: the VM under KVM, else the container), `container` "
+    "(systemd-nspawn at native speed) or `vm` (qemu; a class-scale run needs KVM).",
+    "image": "Image file to boot instead of the profile's last build (its sizing line then "
+    "stays out of the manifest).",
+    "prestart": "Launch with a class_schedule whose session starts 5 minutes later: the hub "
+    "pre-starts the roster's servers, and the class logs in once they are ready.",
 })
 @reports_errors
 def loadtest(c, profile="optimization", students=0, ramp=60, active=120,
-             engine="container", image=None):
+             engine="auto", image=None, prestart=False):
     """Class start, measured: N students log in, spawn and run cells; writes capacity.json."""
     from hubkiln import loadtest as loadtest_module
 
     record = loadtest_module.run_loadtest(profile, students=students, ramp=ramp,
-                                          active=active, engine=engine, image=image)
+                                          active=active, engine=engine, image=image,
+                                          prestart=prestart)
     print(record["sizing"])
 
 

@@ -91,15 +91,23 @@ def clean(*, include_caches: bool) -> list[Path]:
 
 
 def build(profile_ref: str, *, accelerator: str | None, verbose: bool,
-          validate_image: bool = True, engine: str = "auto") -> dict:
+          validate_image: bool = True, engine: str = "auto",
+          loadtest_students: int = 0) -> dict:
     """Validate, then run the whole build of a profile; return its manifest."""
     from . import build as build_module
     from . import proc
 
     proc.VERBOSE = proc.VERBOSE or verbose
+    if loadtest_students and not validate_image:
+        raise BuildError("--loadtest measures a validated image: drop --skip-validation",
+                         hint="or measure later with `invoke loadtest`")
+    if loadtest_students:
+        from .loadtest import check_arguments
+
+        check_arguments(loadtest_students, 60, 120, "container")
     validate(profile_ref)
     return build_module.build(profile_ref, accelerator=accelerator, validate=validate_image,
-                              engine=engine)
+                              engine=engine, loadtest_students=loadtest_students)
 
 
 def test_image(profile_ref: str, *, image: str | None, accelerator: str | None,

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+#: Beside the manifest: what the image is, how it was proven, how many students it served.
+README = "README.md"
 SUMS = "SHA256SUMS"
 #: Validation outcomes under which a candidate replaces the published folder.
 PUBLISHABLE = ("passed", "not-run")
@@ -202,6 +204,63 @@ def source_revision(project: Path) -> dict[str, Any] | None:
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     path = folder / MANIFEST
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def render_readme(manifest: dict[str, Any]) -> str:
+    """The output folder's README.md, from its manifest alone (pure)."""
+    source = manifest.get("source") or {}
+    commit = source.get("commit", "")[:12] or "an unknown revision"
+    dirty = " (with local changes)" if source.get("dirty") else ""
+    osinfo = manifest.get("os", {})
+    system = osinfo.get("pretty_name") or osinfo.get("id", "?")
+    name = manifest.get("profile", "?")
+    lines = [f"# {name}: {manifest.get('description', '')}".rstrip(), "",
+             f"Built {manifest.get('built_at', '?')} by hubkiln "
+             f"{manifest.get('hubkiln_version', '?')} from {commit}{dirty}; {system}, "
+             f"kernel {osinfo.get('kernel', '?')}.", "", "## Files", ""]
+    for item in manifest.get("files", []):
+        lines.append(f"- `{item['name']}` ({item['format']}, {item['bytes'] / 1e6:.0f} MB): "
+                     f"sha256 `{item['sha256']}`")
+    lines += ["", f"Check them with `sha256sum -c {SUMS}`.", "", "## Validation", ""]
+    validation = manifest.get("validation") or {}
+    if validation.get("status") in (None, "not-run"):
+        lines.append("Not validated: built with --skip-validation. Run `invoke test "
+                     f"--profile={name}` before using it.")
+    else:
+        engines = ", ".join(f"{engine} {run.get('passed', 0)} passed"
+                            for engine, run in validation.get("engines", {}).items()
+                            if run.get("status") != "not-run")
+        lines.append(f"**{validation['status']}** ({validation.get('at', '?')}): "
+                     f"{validation.get('passed', 0)} passed, {validation.get('failed', 0)} "
+                     f"failed, {validation.get('skipped', 0)} skipped"
+                     + (f" ({engines})" if engines else "") + ".")
+        boot = validation.get("boot") or {}
+        if boot.get("to_login_page_seconds") is not None:
+            lines.append(f"Boot under {validation.get('accelerator', '?')}: SSH after "
+                         f"{boot['to_ssh_seconds']} s, the login page after "
+                         f"{boot['to_login_page_seconds']} s from power-on.")
+        if validation.get("not_run"):
+            lines.append(f"Not run: {validation['not_run']}.")
+    lines += ["", "## Class capacity", ""]
+    capacity = manifest.get("capacity")
+    if capacity:
+        lines.append(f"{capacity['sizing']} (measured {capacity['at']}; {capacity['file']}).")
+    else:
+        lines.append("Not measured: `invoke build --loadtest N` or `invoke loadtest "
+                     f"--profile={name} --students N` measures it.")
+    lines += ["", "## Launch", "",
+              "Write launch settings (docs/launch.md), then `invoke seed --config launch.yaml "
+              "--output seed.iso` and boot the image with that seed, or `invoke launch "
+              f"--profile={name}` to try it locally.", ""]
+    return "\n".join(lines)
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """manifest.json, and the README.md rendered from it, into an output folder."""
+    write_json(folder / MANIFEST, manifest)
+    tmp = folder / (README + ".tmp")
+    tmp.write_text(render_readme(manifest), encoding="utf-8")
+    os.replace(tmp, folder / README)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The build: render → validate → rootfs → disk → bake → outputs, as a flat list of steps.
+"""The build: render → validate → rootfs → disk → bake → outputs, as a flat list of steps,
+then the image's validation and, when asked (`--loadtest N`), a measured class start.
 
 Each step is named after what it does and returns early when its result is
 already cached. Heavy layers (the bootstrapped OS, then the Python and Node
@@ -32,6 +33,7 @@ from . import (
     disk,
     formats,
     imagetest,
+    loadtest,
     packer,
     rootfs,
     seed,
@@ -226,7 +228,9 @@ def bake(profile: Profile, template_dir: Path, disk_image: Path, paths: BuildPat
 
 
 def build(profile_ref: str, *, accelerator: str | None = None, validate: bool = True,
-          validation_args: list[str] | None = None, engine: str = "auto") -> dict[str, Any]:
+          validation_args: list[str] | None = None, engine: str = "auto",
+          loadtest_students: int = 0, loadtest_ramp: float = 60,
+          loadtest_active: float = 120) -> dict[str, Any]:
     """Build a profile's image and validate it (unless `validate` is false); return the manifest.
 
     `validation_args` go to the pytest run of tests/image (e.g. `["-x"]`); `engine` says
@@ -235,11 +239,15 @@ def build(profile_ref: str, *, accelerator: str | None = None, validate: bool = 
     """
     with chroot.sigterm_raises():
         return _build(profile_ref, accelerator=accelerator, validate=validate,
-                      validation_args=validation_args, engine=engine)
+                      validation_args=validation_args, engine=engine,
+                      loadtest_students=loadtest_students, loadtest_ramp=loadtest_ramp,
+                      loadtest_active=loadtest_active)
 
 
 def _build(profile_ref: str, *, accelerator: str | None, validate: bool,
-           validation_args: list[str] | None = None, engine: str = "auto") -> dict[str, Any]:
+           validation_args: list[str] | None = None, engine: str = "auto",
+           loadtest_students: int = 0, loadtest_ramp: float = 60,
+           loadtest_active: float = 120) -> dict[str, Any]:
     profile = load_profile(profile_ref)
     check_host_tools(BUILD_TOOLS)
     progress = Progress()
@@ -317,6 +325,11 @@ def _build(profile_ref: str, *, accelerator: str | None, validate: bool,
                                               progress=progress, pytest_args=validation_args,
                                               logs=paths.logs, engine=engine)
             imagetest.record_validation(paths.out, record)
+        if loadtest_students and record["status"] == "passed":
+            # Measured on this very image, before it is published with the sizing line.
+            loadtest.run_loadtest(profile_ref, students=loadtest_students, ramp=loadtest_ramp,
+                                  active=loadtest_active, image=str(image),
+                                  progress=progress, out=paths.out)
         manifest = artifacts.read_manifest(paths.out) or manifest
     previous = artifacts.read_manifest(folders.published)
     if artifacts.settle(folders) == folders.failed:
@@ -389,7 +402,7 @@ def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: d
         "packages": inventory,
         "validation": {"status": "not-run"},
     }
-    artifacts.write_json(paths.out / artifacts.MANIFEST, manifest)
+    artifacts.write_manifest(paths.out, manifest)
     return manifest
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from . import accel, artifacts, launch, seed
+from . import accel, artifacts, boottime, launch, seed
 from .errors import BuildError
 from .guest import settings as guest_settings
 from .profile import PROJECT_DIR, Profile, parse_size
@@ -188,6 +188,8 @@ def combine_records(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "vm" in runs and runs["vm"]["status"] != "not-run":
         combined["accelerator"] = runs["vm"].get("accelerator")
         combined["boot_to_ssh_seconds"] = runs["vm"].get("boot_to_ssh_seconds")
+        if "boot" in runs["vm"]:
+            combined["boot"] = runs["vm"]["boot"]
         combined["guest_panics"] = runs["vm"].get("guest_panics", [])
     elif "vm" in runs:
         combined["not_run"] = "the VM's share: the container's run failed first"
@@ -374,6 +376,7 @@ def validate_once(profile: Profile, image: Path, accelerator: str, progress: Pro
                       accelerator=accelerator, forwards=ports, restrict_network=True,
                       memory_mib=validation_memory_mib(profile))
         with Vm(spec) as vm:
+            booted = time.monotonic()
             try:
                 waited = vm.wait_for_ssh(TEST_OPERATOR, key, timeout=boot_timeout)
             except BuildError:
@@ -383,7 +386,9 @@ def validate_once(profile: Profile, image: Path, accelerator: str, progress: Pro
                         "seconds": round(time.monotonic() - started, 1), "passed": 0,
                         "failed": 0, "skipped": 0, "failures": [], "reports": {},
                         "log": "logs/validate-serial.log"}
-            progress.detail(f"SSH answered after {waited:.0f}s; running tests/image")
+            boot = measure_boot(vm, key, ports[443], waited, booted, boot_timeout)
+            progress.detail(f"SSH answered after {waited:.0f}s, the login page after "
+                            f"{boot['to_login_page_seconds']}s; running tests/image")
             env = material.env(profile, logs, ports, client_address="10.0.2.2", engine="vm")
             returncode = watch_tests(
                 pytest_command(material.junit, ports[22], key, material.ssh_config,
@@ -391,7 +396,25 @@ def validate_once(profile: Profile, image: Path, accelerator: str, progress: Pro
             panic = vm.kernel_panic()
             vm.ssh(TEST_OPERATOR, key, "sudo -n systemctl poweroff", check=False, timeout=30)
         return run_record(material, returncode, started, waited, "logs/validate.log",
-                          accelerator=accelerator, guest_panic=panic)
+                          accelerator=accelerator, guest_panic=panic, boot=boot)
+
+
+def measure_boot(vm: Vm, key: Path, https_port: int, to_ssh: float, booted: float,
+                 timeout: float) -> dict[str, Any]:
+    """Seconds from qemu's start to the first login page, and where the guest's boot
+    spent its time (hubkiln/boottime.py). A hub that never answers is the tests' to
+    report (with its journal): this only stops waiting."""
+    url = launch.login_url(https_port)
+    to_login = None
+    while time.monotonic() - booted < timeout and vm.alive():
+        if launch.login_page_answers(url, timeout=10):
+            to_login = time.monotonic() - booted
+            break
+        time.sleep(1)
+    outputs = {name: vm.ssh(TEST_OPERATOR, key, f"sudo -n {command} 2>&1", check=False,
+                            timeout=60).stdout
+               for name, command in boottime.COMMANDS.items()}
+    return boottime.boot_record(outputs, to_ssh=to_ssh, to_login=to_login)
 
 
 def validate_in_container(profile: Profile, image: Path, progress: Progress,
@@ -446,7 +469,7 @@ def record_validation(out: Path, record: dict[str, Any]) -> None:
     if manifest is None:
         raise BuildError(f"no manifest.json in {out}", hint="run `invoke build` first")
     manifest["validation"] = record
-    artifacts.write_json(out / artifacts.MANIFEST, manifest)
+    artifacts.write_manifest(out, manifest)
     marker = out / FAILED_MARKER
     if record["status"] == "passed":
         marker.unlink(missing_ok=True)

@@ -170,6 +170,9 @@ def describe_launch_error(error: ValidationError) -> list[tuple[KeyPath, str]]:
     if error.validator == "pattern" and isinstance(value, str) and value.startswith("ssh-dss "):
         return [(path, f"{show(value)} is a DSA key, which OpenSSH no longer accepts; "
                  "make an ed25519 key (ssh-keygen -t ed25519)")]
+    if error.validator == "type" and path[:2] == ("class_schedule", "sessions") \
+            and path[-1] == "start" and isinstance(value, int):
+        return [(path, guest_settings().clock_time(value))]  # 10:30 read as 630
     described = describe_error(error)
     if error.validator == "type" and "string" in str(error.validator_value) and (
             isinstance(value, (bool, int, float))
@@ -413,6 +416,17 @@ def check_tls_with_openssl(certificate: str, key: str, domain: str | None,
     return problems
 
 
+def check_class_schedule(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    """The schedule's time zone is one the image knows (the guest's own rule); the
+    schema checks the rest."""
+    schedule = data.get("class_schedule")
+    zone = schedule.get("timezone") if isinstance(schedule, dict) else None
+    if not isinstance(zone, str):
+        return []
+    problem = guest_settings().time_zone_problem(zone)
+    return [(("class_schedule", "timezone"), problem)] if problem else []
+
+
 def check_acme_ca(data: dict[str, Any], openssl: str | None) -> list[tuple[KeyPath, str]]:
     """`acme_ca` and `acme_ca_root` together with `domain` (the guest's own rule), and
     the root as a readable, unexpired PEM certificate."""
@@ -497,6 +511,7 @@ def normalise(data: dict[str, Any], tls: dict[str, str] | None) -> dict[str, Any
     doc["tls"] = tls
     if doc["acme_ca_root"]:
         doc["acme_ca_root"] = normalise_pem(doc["acme_ca_root"])
+    doc["class_schedule"] = guest_settings().with_schedule_defaults(doc["class_schedule"])
     return {key: doc[key] for key in launch_keys()}
 
 
@@ -513,6 +528,7 @@ def validate_launch_data(
     tls, tls_problems = resolve_tls(data, base_dir, openssl)
     found.extend(tls_problems)
     found.extend(check_acme_ca(data, openssl))
+    found.extend(check_class_schedule(data))
     if found:
         return None, found
     return normalise(data, tls), []
@@ -572,6 +588,11 @@ def check_launch_for_profile(launch: Launch, profile: Profile) -> list[str]:
     if profile["tls"]["mode"] == "provided" and launch["tls"] is None:
         problems.append(f"{launch.where}: tls: {image} has tls.mode `provided`, which needs "
                         "`tls` (certificate and key)")
+    culled = guest_settings().prestart_culling_problem(launch.data.get("class_schedule"),
+                                                       profile["hub"]["idle_culling"])
+    if culled:
+        problems.append(f"{launch.where}: class_schedule.prestart_minutes: {culled} "
+                        f"({image})")
     return problems
 
 
@@ -645,6 +666,19 @@ def user_data_notes(user_data: str) -> list[str]:
             "user-data) or shorten the roster or certificate chain"]
 
 
+def prestart_summary(data: dict[str, Any]) -> str:
+    """Whether, and when, the image pre-starts the roster's servers (class_schedule)."""
+    schedule = data.get("class_schedule")
+    if not schedule:
+        return "off (servers start at login)"
+    if not data["users"]:
+        return "off (a class_schedule, but no `users` roster)"
+    return (f"{schedule['prestart_minutes']} minutes before each of "
+            f"{len(schedule['sessions'])} session(s) a week "
+            f"({schedule['timezone'] or 'in the machine zone'}), down to "
+            f"{schedule['memory_reserve']} of free memory")
+
+
 def summarize(launch: Launch) -> list[str]:
     """One line per setting, for the terminal (secrets are not shown)."""
     data = launch.data
@@ -661,6 +695,7 @@ def summarize(launch: Launch) -> list[str]:
         f"host name: {data['hostname']}" + (f" ({data['domain']})" if data["domain"] else ""),
         f"admins: {', '.join(data['admins']) or 'none'}",
         f"students: {len(data['users'])}",
+        f"pre-start before classes: {prestart_summary(data)}",
         f"admin SSH keys: {len(data['ssh_authorized_keys'])}",
         f"admin hub passwords: {len(data['admin_password_hashes'])} of {len(data['admins'])}",
         "enrolment codes: " + (f"{len(data['enrolment_code_hashes'])} of "
@@ -822,7 +857,11 @@ def _allowed(node: dict[str, Any]) -> str:
     names = {"object": "mapping", "array": "list"}
     if "array" in kinds and "items" in node:
         inner = _resolve(node["items"])
-        return f"list of {'user names' if node['items'].get('$ref') else inner['type'] + 's'}"
+        if node["items"].get("$ref"):
+            return "list of user names"
+        if "enum" in inner:
+            return "list of " + ", ".join(f"`{choice}`" for choice in inner["enum"])
+        return f"list of {names.get(inner['type'], inner['type'])}s"
     return " or ".join(names.get(k, k) for k in kinds)
 
 
@@ -844,6 +883,8 @@ def render_launch_reference() -> str:
             lines.append(f"| `{path}` | {_allowed(child)} | {_default(child)} | {text} |")
             if "properties" in child:
                 rows(child, path)
+            if "properties" in child.get("items", {}):
+                rows(child["items"], f"{path}[]")
 
     rows(load_launch_schema(), "")
     return "\n".join(lines) + "\n"

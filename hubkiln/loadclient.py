@@ -42,6 +42,9 @@ CELL_TIMEOUT = 300
 SPAWN_LOST = 30
 MONITOR_INTERVAL = 2.0
 POLL_INTERVAL = 2.0
+#: Seconds without another pre-started server before the class starts anyway (the hub
+#: stops pre-starting when memory runs short).
+PRESTART_STALL = 60
 
 
 #: The course's "small computation" in the first cell, after the imports.
@@ -274,7 +277,9 @@ class Student:
             while not (replied and idle):
                 message = await ws.receive()
                 if message.type == aiohttp.WSMsgType.ERROR:
-                    raise StepFailed(f"websocket: {ws.exception()}")
+                    # The error is the message's data (ws.exception() may be unset).
+                    broken = message.data or ws.exception()
+                    raise StepFailed(f"websocket: {type(broken).__name__}", str(broken)[:300])
                 if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                                     aiohttp.WSMsgType.CLOSED):
                     raise StepFailed("websocket closed", f"code {ws.close_code}")
@@ -376,10 +381,42 @@ async def arrive(plan: dict[str, Any], student: dict[str, Any], began: float,
             return simulated.record()
 
 
+def ready_servers(users: list[dict[str, Any]], names: set[str]) -> int:
+    """How many of `names` have their default server ready, in /hub/api/users (pure)."""
+    return sum(1 for user in users if user.get("name") in names
+               and ((user.get("servers") or {}).get("") or {}).get("ready"))
+
+
+async def wait_for_prestart(plan: dict[str, Any], log) -> dict[str, Any]:
+    """With a class_schedule, the hub pre-starts the roster's servers: as the admin,
+    wait until every student's is ready (or the hub stops starting more: memory),
+    bounded by prestart_wait_seconds. Returns what was seen."""
+    names = {student["name"] for student in plan["students"]}
+    started = time.monotonic()
+    ready, last_change, last = 0, started, -1
+    async with new_session(plan) as session:
+        await Student(plan, plan["admin"], session, log).login()
+        while time.monotonic() - started < plan["prestart_wait_seconds"]:
+            async with session.get("/hub/api/users", params={"state": "active"},
+                                   timeout=aiohttp.ClientTimeout(total=30)) as response:
+                users = await response.json() if response.status == 200 else []
+            ready = ready_servers(users, names)
+            if ready != last:
+                last, last_change = ready, time.monotonic()
+                log(f"pre-start: {ready} of {len(names)} servers ready")
+            if ready == len(names) or time.monotonic() - last_change > PRESTART_STALL:
+                break
+            await asyncio.sleep(POLL_INTERVAL)
+    return {"ready": ready, "of": len(names),
+            "seconds": round(time.monotonic() - started, 1)}
+
+
 async def run_plan(plan: dict[str, Any], log=None) -> dict[str, Any]:
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     hub_wait = await wait_for_login_page(plan, log)
     log(f"the login page answered after {hub_wait:.0f} s; {len(plan['students'])} students")
+    prestart = await wait_for_prestart(plan, log) if plan.get("prestart_wait_seconds") \
+        else None
     samples: list[dict[str, Any]] = []
     watcher = asyncio.ensure_future(monitor(plan, samples, log))
     began_wall, began = time.time(), time.monotonic()
@@ -401,7 +438,8 @@ async def run_plan(plan: dict[str, Any], log=None) -> dict[str, Any]:
                       "failure": {"step": "?", "kind": failure_kind(result),
                                   "detail": str(result)[:300]}}
         students.append(result)
-    return {"hub_wait_seconds": round(hub_wait, 1), "started_at": began_wall,
+    return {"hub_wait_seconds": round(hub_wait, 1), "prestart": prestart,
+            "started_at": began_wall,
             "seconds": round(time.monotonic() - began, 1), "deadline_hit": bool(pending),
             "students": students, "monitor": samples}
 

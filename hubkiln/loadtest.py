@@ -44,7 +44,7 @@ from .progress import Progress
 from .render import output_dir
 from .vm import Vm, VmSpec, free_port
 
-ENGINES = ("container", "vm")
+ENGINES = ("container", "vm")  # and "auto", which picks one (choose_engine)
 MAX_STUDENTS = 500
 MAX_SECONDS = 3600
 ADMIN = "teacher"
@@ -176,7 +176,8 @@ def cgroup_memory(samples: list[dict[str, Any]], engine: str) -> dict[str, Any] 
 
 def capacity_record(*, profile: str, image: str, engine: str, students: int, ramp: float,
                     active: float, client: dict[str, Any], samples: list[dict[str, Any]],
-                    host_note: str, boot_seconds: float) -> dict[str, Any]:
+                    host_note: str, boot_seconds: float,
+                    schedule: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record of one run, from the client's results and the host's samples (pure)."""
     done = [s for s in client["students"] if not s.get("failure")]
     api = client.get("monitor", [])
@@ -188,6 +189,8 @@ def capacity_record(*, profile: str, image: str, engine: str, students: int, ram
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "profile": profile, "image": image, "engine": engine, "host": host,
         "class": {"students": students, "ramp_seconds": ramp, "active_seconds": active},
+        "prestart": {"class_schedule": schedule, **(client.get("prestart") or {})}
+        if schedule else None,
         "first_boot_seconds": round(boot_seconds, 1),
         "login_page_after_first_boot_seconds": client.get("hub_wait_seconds"),
         "completed": len(done),
@@ -234,10 +237,13 @@ def sizing_line(record: dict[str, Any]) -> str:
               "measured")
     if idle is not None:
         memory += f", idle {idle:.0f} MiB"
+    prestart = record.get("prestart")
+    ahead = (f", servers pre-started by class_schedule ({prestart.get('ready', 0)} of "
+             f"{prestart.get('of', group['students'])} ready)") if prestart else ""
     return (f"{record['engine']} on {host['cpus'] or '?'} vCPU / "
             f"{host['memory_gib'] or '?'} GiB: "
             f"{group['students']} students at class start (logins over "
-            f"{group['ramp_seconds']:g} s), {record['completed']} completed, login p95 "
+            f"{group['ramp_seconds']:g} s{ahead}), {record['completed']} completed, login p95 "
             f"{p95('login')}, spawn p95 {p95('spawn')}, {failures} failure"
             f"{'' if failures == 1 else 's'}; {memory}")
 
@@ -397,22 +403,45 @@ LAUNCH_KEYS = ("hostname", "domain", "admins", "users", "ssh_authorized_keys",
                "admin_password_hashes", "enrolment_codes", "enrolment_code_hashes")
 
 
-def launch_settings(students: int, public_key: str | None = None
+#: With --prestart: a session PRESTART_LEAD minutes after the launch, so that its
+#: pre-start window (prestart_minutes before it) is open from the first boot on.
+PRESTART_LEAD_MINUTES = 5
+PRESTART_MINUTES = 10
+PRESTART_WAIT = 900
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def prestart_schedule(now: dt.datetime) -> dict[str, Any]:
+    """A class_schedule whose one session starts PRESTART_LEAD_MINUTES after `now`
+    (an aware datetime), in UTC, lasting two hours (pure)."""
+    start = (now.astimezone(dt.UTC) + dt.timedelta(minutes=PRESTART_LEAD_MINUTES)).replace(
+        second=0, microsecond=0)
+    return {"timezone": "UTC", "prestart_minutes": PRESTART_MINUTES,
+            "sessions": [{"days": [WEEKDAYS[start.weekday()]],
+                          "start": start.strftime("%H:%M"), "minutes": 120}]}
+
+
+def launch_settings(students: int, public_key: str | None = None,
+                    schedule: dict[str, Any] | None = None
                     ) -> tuple[launch.Launch, launch.Credentials]:
     """One admin (with the SSH key, for the VM) and a generated roster, with an admin
-    password and enrolment codes."""
-    doc, problems = launch.validate_launch_data(
-        {"hostname": "hubkiln-loadtest", "admins": [ADMIN], "users": roster(students),
-         "ssh_authorized_keys": [public_key] if public_key else []},
-        base_dir=Path.cwd(), openssl=None)
+    password and enrolment codes; with `schedule`, its class_schedule (which an image
+    baked before that key was added refuses, so it is left out otherwise)."""
+    data = {"hostname": "hubkiln-loadtest", "admins": [ADMIN], "users": roster(students),
+            "ssh_authorized_keys": [public_key] if public_key else []}
+    if schedule:
+        data["class_schedule"] = schedule
+    doc, problems = launch.validate_launch_data(data, base_dir=Path.cwd(), openssl=None)
     if doc is None:
         raise BuildError(f"the generated launch settings do not check: {problems}")
     settings, credentials = launch.issue_credentials(launch.Launch(data=doc))
-    return launch.Launch(data={key: settings[key] for key in LAUNCH_KEYS}), credentials
+    keys = LAUNCH_KEYS + (("class_schedule",) if schedule else ())
+    return launch.Launch(data={key: settings[key] for key in keys}), credentials
 
 
 def client_plan(profile: Profile, credentials: launch.Credentials, students: int,
-                ramp: float, active: float, base_url: str) -> dict[str, Any]:
+                ramp: float, active: float, base_url: str,
+                prestart: bool = False) -> dict[str, Any]:
     """What the load client does (hubkiln/loadclient.py)."""
     names = roster(students)
     return {
@@ -426,6 +455,7 @@ def client_plan(profile: Profile, credentials: launch.Credentials, students: int
         "active_cell": loadclient.ACTIVE_CELL, "active_seconds": active,
         "cell_interval": CELL_INTERVAL,
         "hub_wait_seconds": HUB_WAIT,
+        "prestart_wait_seconds": PRESTART_WAIT if prestart else 0,
         "deadline_seconds": ramp + active + loadclient.SPAWN_TIMEOUT
         + 3 * loadclient.REQUEST_TIMEOUT + loadclient.CELL_TIMEOUT,
     }
@@ -498,37 +528,70 @@ def find_image(profile: Profile, image: str | None) -> Path:
     return path
 
 
+def choose_engine(engine: str, accelerator: str) -> str:
+    """`auto`: the VM where it runs at native speed (KVM), else the container (pure)."""
+    if engine != "auto":
+        return engine
+    return "vm" if accelerator == "kvm" else "container"
+
+
+def record_capacity(out: Path, image: Path, record: dict[str, Any]) -> bool:
+    """The sizing line into the manifest (and README) of `out`, when `image` is the image
+    that manifest describes; True when it was."""
+    manifest = artifacts.read_manifest(out)
+    if manifest is None or image.resolve() != (out / manifest["files"][0]["name"]).resolve():
+        return False
+    manifest["capacity"] = {
+        "sizing": record["sizing"], "at": record["at"], "file": RECORD,
+        "engine": record["engine"], "students": record["class"]["students"],
+        "completed": record["completed"], "failures": sum(record["failures"].values()),
+        "steps_p95": {step: record["steps"][step]["p95"] for step in ("login", "spawn")}}
+    artifacts.write_manifest(out, manifest)
+    return True
+
+
 def run_loadtest(profile_ref: str, *, students: int, ramp: float = 60, active: float = 120,
-                 engine: str = "container", image: str | None = None,
-                 progress: Progress | None = None) -> dict[str, Any]:
-    """Boot the image, drive the class, write output/NAME/capacity.json; return it."""
+                 engine: str = "auto", image: str | None = None,
+                 progress: Progress | None = None, out: Path | None = None,
+                 prestart: bool = False) -> dict[str, Any]:
+    """Boot the image, drive the class, write capacity.json into `out` (the profile's
+    output folder); when the image is that folder's, the sizing line goes into its
+    manifest too. Return the record."""
+    engine = choose_engine(engine, accel.choose_accelerator(None).name
+                           if engine == "auto" else "")
     check_arguments(students, ramp, active, engine)
     progress = progress or Progress()
     profile = load_profile(profile_ref)
+    out = out or output_dir(profile)
     path = find_image(profile, image)
-    out = output_dir(profile)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hubkiln-loadtest-") as tmp:
         work = Path(tmp)
         key = work / "admin-key"
-        settings, credentials = launch_settings(students, seed.make_ssh_key(key, "loadtest"))
+        schedule = prestart_schedule(dt.datetime.now(dt.UTC)) if prestart else None
+        settings, credentials = launch_settings(students, seed.make_ssh_key(key, "loadtest"),
+                                                schedule)
         plan_file, results = work / "plan.json", work / "results.json"
         with progress.stage("loadtest", f"{students} students on {path.name} ({engine})"), \
                 chroot.sigterm_raises(), boot(engine, path, settings, key, work,
                                               logs) as machine:  # SIGTERM: torn down too
             waited = wait_for_first_boot(machine, HUB_WAIT)
             progress.detail(f"first boot over after {waited:.0f} s; driving the class")
-            plan = client_plan(profile, credentials, students, ramp, active, machine.base_url)
+            plan = client_plan(profile, credentials, students, ramp, active, machine.base_url,
+                               prestart=prestart)
             plan_file.touch(mode=0o600)  # the students' codes and the admin's password
             plan_file.write_text(json.dumps(plan), encoding="utf-8")
             client, samples = drive_class(machine, [plan_file, results],
                                           logs / "loadtest-client.log",
-                                          HUB_WAIT + plan["deadline_seconds"] + 120)
+                                          HUB_WAIT + plan["prestart_wait_seconds"]
+                                          + plan["deadline_seconds"] + 120)
             label = engine if engine == "container" else f"vm ({machine.vm.spec.accelerator})"
     record = capacity_record(profile=profile.name, image=path.name, engine=label,
                              students=students, ramp=ramp, active=active, client=client,
+                             schedule=schedule,
                              samples=samples, host_note=machine.host_note,
                              boot_seconds=waited)
     artifacts.write_json(out / RECORD, record)
+    record_capacity(out, path, record)
     return record

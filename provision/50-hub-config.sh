@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The hub's configuration and services: /etc/hubkiln/jupyterhub_config.py (static;
 # it reads /etc/hubkiln/hub.d/*.yaml), the profile's settings as
-# /etc/hubkiln/hub.d/00-profile.yaml, the settings module hubkiln_hub in the hub's
-# venv, the helpers in /usr/local/sbin (hubkiln-firstboot, hubkiln-apply-launch,
-# hubkiln-prepare-user), the accounts and groups the hub uses, and the units
-# jupyterhub, jupyterhub-proxy and hubkiln-firstboot (enabled, not started).
+# /etc/hubkiln/hub.d/00-profile.yaml, the hub's own modules in its venv (hubkiln_hub
+# settings, hubkiln_auth logins, hubkiln_spawner students' servers, hubkiln_schedule
+# and hubkiln_prestart: pre-starting
+# servers before classes), the helpers in /usr/local/sbin (hubkiln-firstboot,
+# hubkiln-apply-launch, hubkiln-prepare-user), the accounts and groups the hub uses,
+# and the units jupyterhub, jupyterhub-proxy and hubkiln-firstboot (enabled, not started).
 # No secret is made here: hubkiln-firstboot makes them at first boot.
 #
 # Inputs:
@@ -26,14 +28,16 @@ UNITS=(hubkiln-firstboot.service jupyterhub-proxy.service jupyterhub.service)
 [[ -x "$HUB_PY" ]] || die "$HUB_PY is missing: run 20-hub-env.sh first"
 command -v openssl >/dev/null || die "openssl is missing (hubkiln-firstboot needs it): run 10-apt-packages.sh first"
 
-announce "installing the settings module hubkiln_hub and the login module hubkiln_auth into the hub environment"
+announce "installing the modules hubkiln_hub (settings), hubkiln_auth (logins), hubkiln_spawner (students' servers), hubkiln_schedule and hubkiln_prestart (pre-start before classes) into the hub environment"
 site="$("$HUB_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-for module in hubkiln_hub hubkiln_auth; do
+for module in hubkiln_hub hubkiln_auth hubkiln_spawner hubkiln_schedule hubkiln_prestart; do
     install -m 0644 -o root -g root "$SRC/hub/$module.py" "$site/$module.py"
     "$HUB_PY" -m compileall -q "$site/$module.py"
 done
 "$HUB_PY" -c 'import hubkiln_auth; hubkiln_auth.HubkilnFirstUseAuthenticator, hubkiln_auth.HubkilnNativeAuthenticator' \
     || die "the login module hubkiln_auth does not load in the hub environment"
+"$HUB_PY" -c 'import hubkiln_prestart' \
+    || die "the pre-start service hubkiln_prestart does not load in the hub environment"
 check_root_owned "$site/__pycache__"
 
 announce "writing $ETC/hub.d/00-profile.yaml from HUBKILN_HUB_SETTINGS"
@@ -49,19 +53,22 @@ announce "installing $ETC/jupyterhub_config.py"
 install -m 0644 -o root -g root "$SRC/hub/jupyterhub_config.py" "$ETC/jupyterhub_config.py"
 
 announce "installing hubkiln-firstboot, hubkiln-apply-launch and hubkiln-prepare-user into $SBIN"
-for tool in hubkiln-firstboot hubkiln-apply-launch hubkiln-prepare-user; do
+for tool in hubkiln-firstboot hubkiln-apply-launch hubkiln-prepare-user hubkiln-autogroup-nice; do
     install -m 0755 -o root -g root "$SRC/bin/$tool" "$SBIN/$tool"
 done
 
-announce "creating the groups hubkiln-students and hubkiln-admins and the user hubkiln-culler"
+announce "creating the groups hubkiln-students and hubkiln-admins and the hub services' users hubkiln-culler and hubkiln-prestart"
 for group in hubkiln-students hubkiln-admins; do
     getent group "$group" >/dev/null || groupadd --system "$group"
 done
 getent group sudo >/dev/null || die "group sudo is missing (is sudo installed?)"
-if ! getent passwd hubkiln-culler >/dev/null; then
-    useradd --system --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin --comment "hubkiln idle culler" hubkiln-culler
-fi
+for service_user in "hubkiln-culler:hubkiln idle culler" "hubkiln-prestart:hubkiln class pre-start"; do
+    name="${service_user%%:*}"
+    if ! getent passwd "$name" >/dev/null; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin --comment "${service_user#*:}" "$name"
+    fi
+done
 
 announce "letting hub admins use sudo (they log in with SSH keys only, without a password)"
 printf '%s\n' "# Installed by hubkiln: admins named at launch (hubkiln-apply-launch) have no password." \
@@ -88,6 +95,12 @@ for unit in "${UNITS[@]}"; do
     install -m 0644 -o root -g root "$SRC/systemd/$unit" "/etc/systemd/system/$unit"
 done
 systemctl enable "${UNITS[@]}"
+announce "giving the hub, its proxy and the front the CPU first at class start"
+for unit in jupyterhub.service jupyterhub-proxy.service hubkiln-front.service; do
+    install -d -m 0755 -o root -g root "/etc/systemd/system/$unit.d"
+    install -m 0644 -o root -g root "$SRC/systemd/hubkiln-class-priority.conf" \
+        "/etc/systemd/system/$unit.d/10-hubkiln-class-priority.conf"
+done
 announce "installing hubkiln-students.slice (students' servers; started with the first one)"
 install -m 0644 -o root -g root "$SRC/systemd/hubkiln-students.slice" \
     /etc/systemd/system/hubkiln-students.slice

@@ -13,6 +13,12 @@ from hubkiln.profile import load_profile
 from hubkiln.render import output_dir
 
 E2E_PROFILE = os.environ.get("HUBKILN_E2E_PROFILE", "ci")
+#: A built image of the e2e profile to use instead of this session's build (to run a
+#: slow test again on an image that passed its validation already). CI never sets it.
+E2E_IMAGE = os.environ.get("HUBKILN_E2E_IMAGE")
+#: The class of `invoke build --loadtest` in the e2e build (tests/e2e/test_class_start.py):
+#: small and short, for CI's time; docs/benchmarks.md has the class-scale runs.
+CLASS = {"students": 10, "ramp": 10, "active": 20}
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +38,13 @@ def built(e2e_profile):
     `invoke build` boots the image and runs tests/image as its last stage, and raises
     when the image fails them. Here the validation includes the fault tests and the
     reboot (HUBKILN_TEST_FAULTS, opt-in for `invoke build`): they run while the Lynis
-    audit runs in the background, so they cost CI little."""
+    audit runs in the background, so they cost CI little. Then a class of CLASS starts
+    on the validated image (`--loadtest`), and its sizing line goes into the manifest."""
     before = os.environ.get("HUBKILN_TEST_FAULTS")
     os.environ["HUBKILN_TEST_FAULTS"] = "1"
     try:
-        return build(E2E_PROFILE)
+        return build(E2E_PROFILE, loadtest_students=CLASS["students"],
+                     loadtest_ramp=CLASS["ramp"], loadtest_active=CLASS["active"])
     finally:
         if before is None:
             os.environ.pop("HUBKILN_TEST_FAULTS")
@@ -45,10 +53,21 @@ def built(e2e_profile):
 
 
 @pytest.fixture(scope="session")
-def image(built, e2e_profile) -> Path:
+def image(request, e2e_profile) -> Path:
+    if E2E_IMAGE:
+        path = Path(E2E_IMAGE)
+        assert path.is_file(), f"HUBKILN_E2E_IMAGE={E2E_IMAGE}: no such image"
+        return path
+    built = request.getfixturevalue("built")
     return output_dir(e2e_profile) / built["files"][0]["name"]
 
 
 @pytest.fixture(scope="session")
 def accelerator() -> str:
     return accel.choose_accelerator().name
+
+
+@pytest.fixture(scope="session")
+def class_size() -> dict[str, int]:
+    """The class that the e2e build's `--loadtest` ran."""
+    return CLASS

@@ -8,12 +8,16 @@ profiles/ci.yaml by its path, written into a temporary folder), booted with the
 same data disk and other launch settings (another admin first, the roster in
 another order): the notebook is still there, owned by the same uid, the
 student's first-use password came along (a new one is refused), and the
-student logs in and opens it.
+student logs in and opens it. Term 2's OS disk is kept (an overlay, not a
+snapshot), and boot 3 starts that same instance again without its data disk:
+the hub must not start on the OS disk's empty /home, and the console, the
+journal and the admin's next SSH login say why.
 
-Cost under TCG: one cached build (config, disk, bake) and two boots with a
-student server each, about 15 minutes on a quiet machine (measured: term 1
-in 349 s, term 2 in 573 s). Marked `slow` until it has run green end to end:
-`invoke check --slow` runs it; CI's `invoke check` does not yet.
+Cost under TCG: one cached build (config, disk, bake) and three boots, two with
+a student server each, about 20 minutes on a quiet machine (measured: term 1
+in 349 s, term 2 in 573 s). Marked `slow`: `invoke check --slow` runs it; CI's
+`invoke check` does not. HUBKILN_E2E_IMAGE gives a built image of the e2e
+profile instead of the session's build (tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +108,18 @@ class Guest:
         return helpers.HubClient(self.front, context)
 
 
-@contextmanager
-def booted(image: Path, data_disk: Path, work: Path, admins: list[str],
-           users: list[str]) -> Iterator[Guest]:
+@dataclass
+class Instance:
+    """One launch of an instance: its seed (the same seed again is the same instance,
+    rebooted), the admin's key and the students' enrolment codes."""
+
+    seed_iso: Path
+    key: Path
+    operator: str
+    codes: dict[str, str]
+
+
+def launched(work: Path, admins: list[str], users: list[str]) -> Instance:
     work.mkdir()
     key = work / "admin-key"
     public = seed.make_ssh_key(key, "hubkiln-new-term")
@@ -113,22 +127,36 @@ def booted(image: Path, data_disk: Path, work: Path, admins: list[str],
     launch_file.write_text(yaml.safe_dump({"hostname": "hubkiln-newterm", "admins": admins,
                                            "users": users, "ssh_authorized_keys": [public]}))
     settings, credentials = launch.issue_credentials(launch.load_launch(launch_file))
-    operator = guest_settings().operator_name(admins[0])
     iso = work / "seed.iso"
     launch.write_seed(settings, iso=iso)
+    return Instance(iso, key, guest_settings().operator_name(admins[0]),
+                    credentials.enrolment_codes)
+
+
+def keep_os_disk(image: Path, disk: Path) -> Path:
+    """A qcow2 overlay on `image`: the guest's writes outlive the boot (the image stays)."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    str(image.resolve()), str(disk)], check=True)
+    return disk
+
+
+@contextmanager
+def booted(image: Path, data_disk: Path | None, instance: Instance, serial: Path, *,
+           snapshot: bool = True, hub: bool = True) -> Iterator[Guest]:
+    """The instance booted from `image`; with `hub`, once its login page answers."""
     ports = {22: free_port(), 443: free_port()}
-    spec = VmSpec(image=image, seed_iso=iso, serial_log=work / "serial.log",
-                  forwards=ports, data_disk=data_disk)
+    spec = VmSpec(image=image, seed_iso=instance.seed_iso, serial_log=serial,
+                  forwards=ports, data_disk=data_disk, snapshot=snapshot)
     with Vm(spec) as vm:
-        vm.wait_for_ssh(operator, key, timeout=BOOT_TIMEOUT)
+        vm.wait_for_ssh(instance.operator, instance.key, timeout=BOOT_TIMEOUT)
         url = launch.login_url(ports[443])
         started = time.monotonic()
-        while not launch.login_page_answers(url):
+        while hub and not launch.login_page_answers(url):
             assert time.monotonic() - started < BOOT_TIMEOUT, f"no login page at {url}"
             time.sleep(5)
-        yield Guest(vm, key, operator, ports[443], credentials.enrolment_codes)
+        yield Guest(vm, instance.key, instance.operator, ports[443], instance.codes)
         # Cleanly, as before an OS disk swap (on a failure above, Vm just stops qemu).
-        stopped = vm.power_off(operator, key)
+        stopped = vm.power_off(instance.operator, instance.key)
     assert stopped, "the guest did not power off within 3 minutes"
 
 
@@ -152,8 +180,8 @@ def term1(tmp_path_factory, image: Path) -> dict[str, Any]:
     """Term 1: the e2e image, a blank data disk, a student saves a notebook, power-off."""
     work = tmp_path_factory.mktemp("new-term")
     subprocess.run(create_data_disk_command(work / "home.qcow2", "4G"), check=True)
-    with booted(image, work / "home.qcow2", work / "boot1", ["teacher"],
-                [STUDENT, "student2"]) as guest:
+    instance = launched(work / "boot1", ["teacher"], [STUDENT, "student2"])
+    with booted(image, work / "home.qcow2", instance, work / "boot1" / "serial.log") as guest:
         facts = home_facts(guest)
         session = helpers.login_and_spawn(guest.client(), STUDENT, PASSWORD,
                                           code=guest.codes[STUDENT])
@@ -174,11 +202,14 @@ def term1(tmp_path_factory, image: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def term2(term1) -> dict[str, Any]:
-    """Term 2: a rebuilt image, the same data disk, other launch settings."""
+    """Term 2: a rebuilt image, the same data disk, other launch settings. The OS disk
+    is kept for boot 3."""
     work = term1["work"]
     image = build_image(write_profile(work, "term2"))
-    with booted(image, work / "home.qcow2", work / "boot2", ["teacher2", "teacher"],
-                ["student2", STUDENT]) as guest:
+    os_disk = keep_os_disk(image, work / "term2-os.qcow2")
+    instance = launched(work / "boot2", ["teacher2", "teacher"], ["student2", STUDENT])
+    with booted(os_disk, work / "home.qcow2", instance, work / "boot2" / "serial.log",
+                snapshot=False) as guest:
         facts = home_facts(guest)
         facts["ids_at_boot"] = ids(guest, STUDENT, "teacher-admin", "teacher2-admin")
         facts["owner"] = guest.sh(f"stat -c %u:%g:%U /home/{STUDENT}/{NOTEBOOK}").strip()
@@ -194,6 +225,38 @@ def term2(term1) -> dict[str, Any]:
         manifest = guest.sh("cat $(ls -1 /home/.hubkiln/archives/*.manifest.tsv | tail -n1)")
         facts["manifest"] = [line.split("\t") for line in manifest.splitlines()
                              if not line.startswith("#")]
+    return {**facts, "os_disk": os_disk, "instance": instance}
+
+
+#: Seconds the image waits for a recorded data disk (hubkiln-data-disk's WAIT_SECONDS).
+DATA_DISK_WAIT = 90
+
+
+@pytest.fixture(scope="module")
+def term2_without_its_disk(term1, term2) -> dict[str, Any]:
+    """Boot 3: term 2's instance (its OS disk, its seed) again, without the data disk."""
+    serial = term1["work"] / "boot3-serial.log"
+    with booted(term2["os_disk"], None, term2["instance"], serial, snapshot=False,
+                hub=False) as guest:
+        started = time.monotonic()
+        state = ""
+        # The unit waits DATA_DISK_WAIT s for the disk, then fails.
+        while time.monotonic() - started < DATA_DISK_WAIT + BOOT_TIMEOUT / 3:
+            state = guest.sh("systemctl is-active hubkiln-data-disk.service || :").strip()
+            if state in ("failed", "active"):
+                break
+            time.sleep(5)
+        facts = {
+            "state": state,
+            "hub": guest.sh("systemctl is-active jupyterhub.service || :").strip(),
+            "journal": guest.sh("journalctl -b --no-pager -o cat -u hubkiln-data-disk.service"),
+            "home": guest.sh("findmnt -no SOURCE --mountpoint /home || :").strip(),
+            "motd": guest.vm.ssh(guest.admin, guest.key, "cat /run/motd.d/hubkiln-data-disk",
+                                 check=False).stdout,
+            "login_page": launch.login_page_answers(launch.login_url(
+                guest.vm.spec.forwards[443])),
+        }
+    facts["console"] = serial.read_text(errors="replace")
     return facts
 
 
@@ -201,7 +264,8 @@ def test_term1_formats_the_blank_data_disk_for_home(term1):
     assert term1["label"] == "hubkiln-home", term1["journal"]
     assert term1["options"].startswith("ext4 ") and {"nodev", "nosuid"} <= set(
         term1["options"].split()[1].split(","))
-    assert "formatting the blank disk" in term1["journal"]
+    assert f"formatting {term1['source']} as ext4, label hubkiln-home" in term1["journal"]
+    assert f"recorded {term1['source']} (UUID {term1['uuid']})" in term1["journal"]
 
 
 def test_term2_keeps_the_data_disk_as_it_is(term1, term2):
@@ -236,3 +300,20 @@ def test_the_term_archive_lists_the_notebook_with_its_checksum(term1, term2):
     row = rows.get(f"{STUDENT}/{NOTEBOOK}")
     assert row, f"not in the manifest: {sorted(rows)[:20]}"
     assert row[0] == STUDENT and row[2] == term1["sha256"]
+
+
+def test_without_its_data_disk_the_hub_does_not_start(term2_without_its_disk):
+    facts = term2_without_its_disk
+    assert facts["state"] == "failed", facts["journal"]
+    assert facts["hub"] != "active", facts["journal"]
+    assert not facts["login_page"], "the hub served its login page on the OS disk's /home"
+
+
+def test_the_missing_data_disk_is_named_on_console_journal_and_motd(term1,
+                                                                    term2_without_its_disk):
+    facts = term2_without_its_disk
+    why = f"the data disk with UUID {term1['uuid']}"
+    assert why in facts["journal"] and "is missing" in facts["journal"], facts["journal"]
+    assert why in facts["console"], facts["console"][-3000:]
+    assert "/home is NOT mounted and the hub is stopped" in facts["motd"], facts["motd"]
+    assert "hubkiln-data-disk forget" in facts["motd"], facts["motd"]

@@ -99,6 +99,19 @@ def test_idle_culler_runs_unprivileged(host, settings, journal):
     assert all(line.split()[0] == "hubkiln-culler" for line in lines), lines
 
 
+def test_class_prestart_reads_and_starts_only_the_rosters_servers(config, given_settings):
+    if not given_settings["class_schedule"] or not given_settings["users"]:
+        pytest.skip("the launch settings have no class_schedule (or no roster)")
+    services = {s["name"]: s for s in config["JupyterHub.services"]}
+    prestart = services["class-prestart"]
+    assert prestart["user"] == "hubkiln-prestart" and prestart.get("admin") is not True
+    roles = {r["name"]: r for r in config["JupyterHub.load_roles"]}
+    assert roles["class-prestart"]["services"] == ["class-prestart"]
+    assert sorted(roles["class-prestart"]["scopes"]) == sorted(
+        f"{scope}!user={name}" for name in given_settings["users"]
+        for scope in ("read:servers", "start:servers"))
+
+
 @pytest.mark.parametrize(("path", "mode"), [
     ("/etc/hubkiln/jupyterhub_config.py", 0o644),
     ("/etc/hubkiln/hub.d/00-profile.yaml", 0o644),

@@ -79,3 +79,43 @@ def test_source_revision_names_the_commit_and_local_changes(tmp_path):
     (tmp_path / "scratch.txt").write_text("untracked files do not count\n")
     (tmp_path / "tasks.py").write_text("one\n")
     assert artifacts.source_revision(tmp_path)["dirty"] is False
+
+
+def manifest(**changes) -> dict:
+    return {"profile": "ci", "description": "Smallest image.", "hubkiln_version": "0.1.0",
+            "source": {"commit": "0123456789abcdef", "dirty": True},
+            "built_at": "2026-12-01T10:00:00+00:00",
+            "os": {"id": "ubuntu-24.04", "pretty_name": "Ubuntu 24.04.3 LTS", "kernel": "6.8"},
+            "files": [{"name": "hubkiln-ci.qcow2", "format": "qcow2", "sha256": "ab" * 32,
+                       "bytes": 312_000_000}],
+            "validation": {"status": "not-run"}, **changes}
+
+
+def test_the_readme_says_what_the_image_is_and_that_it_is_not_validated():
+    text = artifacts.render_readme(manifest())
+    assert text.startswith("# ci: Smallest image.\n")
+    assert "from 0123456789ab (with local changes); Ubuntu 24.04.3 LTS, kernel 6.8" in text
+    assert f"`hubkiln-ci.qcow2` (qcow2, 312 MB): sha256 `{'ab' * 32}`" in text
+    assert "Not validated" in text and "Not measured" in text
+
+
+def test_the_readme_gives_the_validation_boot_and_sizing_line():
+    text = artifacts.render_readme(manifest(
+        validation={"status": "passed", "at": "t", "passed": 300, "failed": 0, "skipped": 2,
+                    "accelerator": "tcg",
+                    "engines": {"container": {"status": "passed", "passed": 200},
+                                "vm": {"status": "passed", "passed": 100}},
+                    "boot": {"to_ssh_seconds": 80.1, "to_login_page_seconds": 88.0}},
+        capacity={"sizing": "container on 2 vCPU / 24 GiB: 60 students", "at": "t2",
+                  "file": "capacity.json"}))
+    assert "**passed** (t): 300 passed, 0 failed, 2 skipped (container 200 passed, " \
+           "vm 100 passed)." in text
+    assert "Boot under tcg: SSH after 80.1 s, the login page after 88.0 s" in text
+    assert "container on 2 vCPU / 24 GiB: 60 students (measured t2; capacity.json)." in text
+
+
+def test_the_manifest_and_its_readme_are_written_together(tmp_path):
+    artifacts.write_manifest(tmp_path, manifest())
+    assert artifacts.read_manifest(tmp_path)["profile"] == "ci"
+    assert (tmp_path / "README.md").read_text() == artifacts.render_readme(manifest())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "manifest.json"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import artifacts
+from hubkiln import artifacts, imagetest
 from hubkiln.errors import BuildError
 from hubkiln.imagetest import (
     FAILED_MARKER,
@@ -147,7 +147,7 @@ def test_engines_auto_is_the_vm_under_kvm_and_both_under_emulation():
 
 
 def test_the_record_says_which_engine_proved_what(monkeypatch):
-    from hubkiln import accel, imagetest
+    from hubkiln import accel
 
     monkeypatch.setattr(accel, "choose_accelerator",
                         lambda name=None: accel.AccelChoice("tcg", "test"))
@@ -197,3 +197,10 @@ def test_a_failed_container_run_boots_no_vm(monkeypatch):
     assert record["failures"] == ["[container] t::login: 403"]
     assert record["log"] == "logs/validate-container.log"
     assert "the container's run failed first" in record["not_run"]
+
+
+def test_combined_record_keeps_the_vms_boot_measurement():
+    boot = {"to_ssh_seconds": 80.0, "to_login_page_seconds": 95.5}
+    runs = {"container": {"status": "passed", "passed": 3},
+            "vm": {"status": "passed", "passed": 2, "boot": boot, "accelerator": "tcg"}}
+    assert imagetest.combine_records(runs)["boot"] == boot

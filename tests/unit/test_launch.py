@@ -116,7 +116,8 @@ def test_missing_keys_get_their_defaults(in_tmp):
                            "acme_ca": None, "acme_ca_root": None, "admins": [],
                            "users": ["alice"], "admin_password_hashes": {},
                            "enrolment_codes": True, "enrolment_code_hashes": {},
-                           "ssh_authorized_keys": [], "oauth": None, "tls": None}
+                           "ssh_authorized_keys": [], "oauth": None, "tls": None,
+                           "class_schedule": None}
 
 
 @pytest.mark.parametrize("name", ["a", "s1234567", "j-doe", "x_y", "a" * 32, "on"])

@@ -1,4 +1,5 @@
-"""Linters as tests: ruff on the Python code, shellcheck on provision/ and ./kiln."""
+"""Linters as tests: ruff on the Python code, shellcheck on provision/ (its scripts and the
+shell tools it installs) and ./kiln."""
 
 from __future__ import annotations
 
@@ -10,8 +11,19 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[2]
+SHEBANGS = ("#!/usr/bin/env bash", "#!/bin/bash", "#!/bin/sh")
+
+
+def guest_shell_tools() -> list[Path]:
+    """The shell programs the image installs (provision/files/, no .sh suffix)."""
+    return [path for path in PROJECT.glob("provision/files/**/*") if path.is_file()
+            and path.suffix == "" and path.read_bytes()[:32].decode(errors="replace")
+            .startswith(SHEBANGS)]
+
+
 SHELL_SCRIPTS = sorted(
-    [*PROJECT.glob("provision/**/*.sh"), PROJECT / "kiln", PROJECT / ".ci" / "run"]
+    [*PROJECT.glob("provision/**/*.sh"), *guest_shell_tools(), PROJECT / "kiln",
+     PROJECT / ".ci" / "run"]
 )
 
 
@@ -37,6 +49,14 @@ def test_there_are_provision_scripts_to_lint():
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(PROJECT)))
 def test_scripts_fail_fast(script):
-    head = script.read_text().splitlines()[:40]
+    lines = script.read_text().splitlines()
     is_library = "lib" in script.parts
-    assert is_library or any(line.strip() == "set -euo pipefail" for line in head)
+    commands = [line for line in lines if line.strip() and not line.startswith("#")]
+    only_exec = commands[0].startswith("exec ")  # a wrapper: nothing runs before exec
+    assert is_library or only_exec or any(line.strip() == "set -euo pipefail"
+                                          for line in lines[:40])
+
+
+def test_the_guests_shell_tools_are_linted_too():
+    names = {path.name for path in guest_shell_tools()}
+    assert {"hubkiln-prepare-user", "hubkiln-data-disk", "hubkiln-autogroup-nice"} <= names

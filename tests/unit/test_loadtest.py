@@ -217,6 +217,55 @@ def test_the_sizing_line_never_fills_in_what_was_not_measured():
     assert record["sizing"].startswith("container on ? vCPU / ? GiB:")
 
 
+@pytest.mark.parametrize(("engine", "accelerator", "chosen"), [
+    ("auto", "kvm", "vm"), ("auto", "tcg", "container"), ("vm", "tcg", "vm"),
+    ("container", "kvm", "container")])
+def test_auto_picks_the_vm_only_at_native_speed(engine, accelerator, chosen):
+    assert loadtest.choose_engine(engine, accelerator) == chosen
+
+
+def a_record() -> dict:
+    client = {"students": [client_result("student001", 8.0)], "monitor": []}
+    return loadtest.capacity_record(
+        profile="ci", image="hubkiln-ci.qcow2", engine="container", students=1, ramp=0,
+        active=0, client=client, samples=[], host_note="the host's", boot_seconds=1)
+
+
+def published(folder, name="hubkiln-ci.qcow2") -> dict:
+    from hubkiln import artifacts
+
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_bytes(b"qcow2")
+    manifest = {"profile": "ci", "description": "d", "files": [
+        {"name": name, "format": "qcow2", "sha256": "0" * 64, "bytes": 5}],
+        "validation": {"status": "passed", "passed": 3}}
+    artifacts.write_manifest(folder, manifest)
+    return manifest
+
+
+def test_the_sizing_line_goes_into_the_manifest_and_readme_of_the_image_measured(tmp_path):
+    from hubkiln import artifacts
+
+    published(tmp_path)
+    record = a_record()
+    assert loadtest.record_capacity(tmp_path, tmp_path / "hubkiln-ci.qcow2", record)
+    capacity = artifacts.read_manifest(tmp_path)["capacity"]
+    assert capacity["sizing"] == record["sizing"] and capacity["failures"] == 0
+    assert capacity["steps_p95"] == {"login": 1.0, "spawn": 8.0}
+    assert record["sizing"] in (tmp_path / "README.md").read_text()
+
+
+def test_another_image_leaves_the_manifest_alone(tmp_path):
+    from hubkiln import artifacts
+
+    published(tmp_path)
+    other = tmp_path / "elsewhere.qcow2"
+    other.write_bytes(b"x")
+    assert not loadtest.record_capacity(tmp_path, other, a_record())
+    assert "capacity" not in artifacts.read_manifest(tmp_path)
+    assert not loadtest.record_capacity(tmp_path / "none", other, a_record())
+
+
 def test_the_seed_holds_only_the_keys_the_load_test_sets_with_a_code_for_each_student():
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG3Qm3Jk0p6vQh8m2hQ0y8WfZ9QxY5r6sP7t8u9v0w1x test"
     settings, credentials = loadtest.launch_settings(3, key)
@@ -265,6 +314,16 @@ def fake_hub() -> web.Application:
     @routes.get("/hub/api")
     async def version(request):
         return web.json_response({"version": "fake"})
+
+    polls = []
+
+    @routes.get("/hub/api/users")
+    async def users(request):
+        # Pre-started servers: one more ready at every poll, from the second on.
+        polls.append(request.query.get("state"))
+        ready = {"student001": len(polls) > 1, "student002": len(polls) > 2}
+        return web.json_response([{"name": name, "servers": {"": {"ready": up}}}
+                                  for name, up in ready.items()] + [{"name": "teacher"}])
 
     @routes.get("/hub/api/users/{name}/server/progress")
     async def progress(request):
@@ -354,3 +413,49 @@ def test_a_failing_cell_is_recorded_by_its_error():
     results = run_against_fake_hub(plan(first_cell="raise ValueError('x')"))
     assert results["students"][0]["failure"]["kind"] == "cell: ValueError"
     assert results["students"][0]["failure"]["step"] == "first_cell"
+
+
+def test_with_prestart_the_class_waits_until_every_server_is_ready(monkeypatch):
+    monkeypatch.setattr(loadclient, "POLL_INTERVAL", 0.01)
+    results = run_against_fake_hub(plan(prestart_wait_seconds=10))
+    assert results["prestart"]["ready"] == results["prestart"]["of"] == 2
+
+
+def test_without_prestart_nothing_is_waited_for():
+    assert run_against_fake_hub(plan())["prestart"] is None
+
+
+def test_ready_servers_counts_only_the_roster():
+    users = [{"name": "a", "servers": {"": {"ready": True}}},
+             {"name": "b", "servers": {"": {"ready": False}}}, {"name": "c", "servers": {}},
+             {"name": "x", "servers": {"": {"ready": True}}}, {"name": "d"}]
+    assert loadclient.ready_servers(users, {"a", "b", "c", "d"}) == 1
+
+
+def test_the_prestart_schedule_opens_its_window_at_launch():
+    import datetime as dt
+
+    now = dt.datetime(2026, 12, 6, 23, 57, 30, tzinfo=dt.UTC)  # a Sunday, near midnight
+    schedule = loadtest.prestart_schedule(now)
+    assert schedule["sessions"] == [{"days": ["mon"], "start": "00:02", "minutes": 120}]
+    assert schedule["timezone"] == "UTC"
+    assert schedule["prestart_minutes"] > loadtest.PRESTART_LEAD_MINUTES
+
+
+def test_the_seed_carries_the_schedule_only_when_asked():
+    schedule = {"timezone": "UTC", "prestart_minutes": 10,
+                "sessions": [{"days": ["tue"], "start": "09:00", "minutes": 90}]}
+    settings, _ = loadtest.launch_settings(3, schedule=schedule)
+    assert settings.data["class_schedule"]["sessions"] == schedule["sessions"]
+    assert "class_schedule" not in loadtest.launch_settings(3)[0].data
+
+
+def test_the_sizing_line_says_when_servers_were_pre_started():
+    client = {"students": [client_result("student001", 0.4)], "monitor": [],
+              "prestart": {"ready": 1, "of": 1, "seconds": 20.0}}
+    record = loadtest.capacity_record(
+        profile="ci", image="x", engine="container", students=1, ramp=0, active=0,
+        client=client, samples=[], host_note="the host's", boot_seconds=1,
+        schedule={"sessions": []})
+    assert record["prestart"]["ready"] == 1 and record["prestart"]["seconds"] == 20.0
+    assert "servers pre-started by class_schedule (1 of 1 ready)" in record["sizing"]

@@ -33,6 +33,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import yaml
 
@@ -113,7 +114,18 @@ DEFAULTS: dict[str, Any] = {
     "admin_password_hashes": {},
     "enrolment_codes": True,
     "enrolment_code_hashes": {},
+    "class_schedule": None,
 }
+
+#: The week's days as class_schedule names them (Monday first, as date.weekday counts).
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: What a class_schedule leaves out (the build's schema documents the same defaults;
+#: a unit test checks that they agree). timezone None: the machine's own zone.
+SCHEDULE_DEFAULTS: dict[str, Any] = {"timezone": None, "prestart_minutes": 10,
+                                     "memory_reserve": "1G"}
+#: How long into its session a pre-started server must survive the idle culler, for
+#: the students who arrive late (prestart_culling_problem).
+LATE_ARRIVAL_MINUTES = 15
 
 
 class SettingsError(Exception):
@@ -122,8 +134,9 @@ class SettingsError(Exception):
 
 # ---------------------------------------------------------------- checks
 # A check takes a value and returns a problem (text) or None. A spec is a
-# check, a dict of specs (a mapping with those keys, all optional) or
-# Nullable(spec).
+# check, a dict of specs (a mapping with those keys, all optional),
+# Nullable(spec), MappingOf(keys, values), Record(specs, required=...) or
+# ListOf(spec).
 
 
 class Nullable:
@@ -138,6 +151,22 @@ class MappingOf:
 
     def __init__(self, keys: Callable[[Any], str | None], values: Any):
         self.keys, self.values = keys, values
+
+
+class Record:
+    """A spec for a mapping with the keys of `fields` (a dict of specs), of which
+    `required` must be given."""
+
+    def __init__(self, fields: dict[str, Any], *, required: tuple[str, ...] = ()):
+        self.fields, self.required = fields, required
+
+
+class ListOf:
+    """A spec for a list of at least `min_items` items that each match `items` (any
+    spec), each checked under its own index (`sessions[0].start`)."""
+
+    def __init__(self, items: Any, *, min_items: int = 0):
+        self.items, self.min_items = items, min_items
 
 
 def show(value: Any) -> str:
@@ -158,14 +187,19 @@ def matches(pattern: re.Pattern, what: str) -> Callable[[Any], str | None]:
     return check
 
 
-def number(minimum: float, *, integer: bool = False) -> Callable[[Any], str | None]:
+def number(minimum: float, *, integer: bool = False,
+           maximum: float | None = None) -> Callable[[Any], str | None]:
     kinds = (int,) if integer else (int, float)
     what = "a whole number" if integer else "a number"
 
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, kinds):
             return f"{show(value)} is not {what}"
-        return None if value >= minimum else f"{show(value)} is less than {minimum}"
+        if value < minimum:
+            return f"{show(value)} is less than {minimum}"
+        if maximum is not None and value > maximum:
+            return f"{show(value)} is more than {maximum}"
+        return None
 
     return check
 
@@ -178,10 +212,13 @@ def text(value: Any) -> str | None:
     return None if isinstance(value, str) and value.strip() else f"{show(value)} is not a text"
 
 
-def list_of(item: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+def list_of(item: Callable[[Any], str | None], *,
+            min_items: int = 0) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if not isinstance(value, list):
             return f"{show(value)} is not a list"
+        if len(value) < min_items:
+            return f"must list at least {min_items}"
         for index, element in enumerate(value):
             problem = item(element)
             if problem:
@@ -208,6 +245,42 @@ SECRET_HASH = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}"
                          r"|pbkdf2-sha256\$[0-9]{4,7}\$[0-9a-f]{8,64}\$[0-9a-f]{64}")
 secret_hash = matches(SECRET_HASH, "a bcrypt ($2b$...) or pbkdf2-sha256$... password hash")
 
+#: A 24-hour clock time, like 09:00.
+CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+#: The shape of an IANA time zone name (zoneinfo then says whether it is known).
+ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
+
+
+def time_zone_problem(name: str) -> str | None:
+    """Why `name` is not a time zone this machine knows, or None (the one rule: the build
+    checks launch files with it, the image its launch settings)."""
+    if not ZONE_NAME.fullmatch(name):
+        return f"{show(name)} is not a time zone name like Europe/Berlin"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        close = difflib.get_close_matches(name, sorted(available_timezones()), n=1, cutoff=0.8)
+        hint = f"did you mean {close[0]}?" if close else "an IANA name like Europe/Berlin"
+        return f"{show(name)} is not a known time zone ({hint})"
+    return None
+
+
+def time_zone(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"{show(value)} is not a time zone name like Europe/Berlin"
+    return time_zone_problem(value)
+
+
+def clock_time(value: Any) -> str | None:
+    if isinstance(value, str) and CLOCK_TIME.fullmatch(value):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+        # YAML 1.1 reads an unquoted 10:30 as a number in base 60 (630).
+        return (f"{value} is not a time like \"09:00\": put the time in quotes (YAML reads "
+                f"an unquoted {value // 60}:{value % 60:02d} as the number {value})")
+    return f"{show(value)} is not a time like \"09:00\" (24 h, HH:MM)"
+
+
 OAUTH_SPEC: dict[str, Any] = {
     "client_id": text,
     "client_secret": text,
@@ -219,6 +292,17 @@ OAUTH_SPEC: dict[str, Any] = {
     "issuer": matches(URL, "an http(s) URL"),
     "jwks_endpoint": matches(URL, "an http(s) URL"),
 }
+
+CLASS_SCHEDULE_SPEC = Record({
+    "timezone": Nullable(time_zone),
+    "prestart_minutes": number(1, integer=True, maximum=120),
+    "memory_reserve": matches(SIZE, "a size like 1G"),
+    "sessions": ListOf(Record({
+        "days": list_of(one_of(*DAYS), min_items=1),
+        "start": clock_time,
+        "minutes": number(1, integer=True, maximum=720),
+    }, required=("days", "start", "minutes")), min_items=1),
+}, required=("sessions",))
 
 HUB_SPEC: dict[str, Any] = {
     "authenticator": one_of(*AUTHENTICATORS),
@@ -243,6 +327,7 @@ HUB_SPEC: dict[str, Any] = {
     "admin_password_hashes": MappingOf(user_name, secret_hash),
     "enrolment_codes": boolean,
     "enrolment_code_hashes": MappingOf(user_name, secret_hash),
+    "class_schedule": Nullable(CLASS_SCHEDULE_SPEC),
 }
 
 #: /etc/hubkiln/launch.yaml, as cloud-init writes it (every key optional).
@@ -263,6 +348,7 @@ LAUNCH_SPEC: dict[str, Any] = {
     "admin_password_hashes": MappingOf(user_name, secret_hash),
     "enrolment_codes": boolean,
     "enrolment_code_hashes": MappingOf(user_name, secret_hash),
+    "class_schedule": HUB_SPEC["class_schedule"],
 }
 
 
@@ -280,6 +366,21 @@ def check(data: Any, spec: Any, where: str = "") -> list[str]:
             problem = spec.keys(key)
             problems += [f"{path}: the key {problem}"] if problem else check(value, spec.values,
                                                                             path)
+        return problems
+    if isinstance(spec, Record):
+        if not isinstance(data, dict):
+            return [f"{label}: {show(data)} is not a mapping"]
+        missing = [f"{where}.{key}: is missing" if where else f"{key}: is missing"
+                   for key in spec.required if key not in data]
+        return missing + check(data, spec.fields, where)
+    if isinstance(spec, ListOf):
+        if not isinstance(data, list):
+            return [f"{label}: {show(data)} is not a list"]
+        if len(data) < spec.min_items:
+            return [f"{label}: must list at least {spec.min_items}"]
+        problems = []
+        for index, item in enumerate(data):
+            problems += check(item, spec.items, f"{where}[{index}]")
         return problems
     if isinstance(spec, dict):
         if not isinstance(data, dict):
@@ -330,7 +431,42 @@ def check_consistency(settings: dict[str, Any]) -> list[str]:
         problems.append(f"domain: the '{auth}' login needs the hub's domain name (launch setting "
                         "'domain'): the identity provider sends users back to "
                         "https://DOMAIN/hub/oauth_callback")
+    culled = prestart_culling_problem(settings["class_schedule"], settings["idle_culling"])
+    if culled:
+        problems.append(f"class_schedule.prestart_minutes: {culled}")
     return problems
+
+
+def with_schedule_defaults(schedule: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checked class_schedule with SCHEDULE_DEFAULTS for the keys it leaves out, in
+    the documented order (the defaults' keys, then `sessions`); None stays None."""
+    if schedule is None:
+        return None
+    return {**SCHEDULE_DEFAULTS, **copy.deepcopy(schedule)}
+
+
+def prestart_culling_problem(schedule: dict[str, Any] | None,
+                             idle_culling: dict[str, Any]) -> str | None:
+    """Why the idle culler would stop pre-started servers before the late students of
+    a class arrive, or None (the one rule: the build checks a launch file against its
+    profile with it, the image its merged settings). A pre-started server is idle from
+    `prestart_minutes` before its class; the culler stops it `timeout_minutes` after
+    that, which must leave LATE_ARRIVAL_MINUTES of the class."""
+    if not schedule or not idle_culling.get("enabled"):
+        return None
+    lead = with_schedule_defaults(schedule)["prestart_minutes"]
+    timeout = idle_culling["timeout_minutes"]
+    if timeout >= lead + LATE_ARRIVAL_MINUTES:
+        return None
+    when = ("before its class starts" if timeout <= lead
+            else f"{timeout - lead} minute(s) into its class")
+    fix = (f"pre-start at most {timeout - LATE_ARRIVAL_MINUTES} minutes before"
+           if timeout > LATE_ARRIVAL_MINUTES else
+           f"build the image with hub.idle_culling.timeout_minutes of at least "
+           f"{lead + LATE_ARRIVAL_MINUTES}")
+    return (f"{lead} would let the idle culler (after {timeout} idle minutes, the image's "
+            f"hub.idle_culling.timeout_minutes) stop a pre-started server {when}; it must "
+            f"last {LATE_ARRIVAL_MINUTES} minutes into the class for late arrivals: {fix}")
 
 
 # ---------------------------------------------------------------- merging

@@ -12,7 +12,8 @@ import os
 import sys
 
 from hubkiln_hub import SettingsError, load_settings, unix_name
-from systemdspawner import SystemdSpawner
+from hubkiln_prestart import service_config as prestart_service
+from hubkiln_spawner import HubkilnSpawner
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
@@ -109,14 +110,8 @@ if auth == "lti13":
     c.LTI13Authenticator.uri_scheme = "https"
 
 
-# ---- students' servers: one systemd unit per student, as their own Unix account
-class HubkilnSpawner(SystemdSpawner):
-    """SystemdSpawner whose {USERNAME} is the Unix account (hubkiln_hub.unix_name)."""
-
-    def _expand_user_vars(self, string):
-        return string.format(USERNAME=unix_name(self.user.name), USERID=self.user.id)
-
-
+# ---- students' servers: one systemd unit per student, as their own Unix account;
+# a starting server gets the CPU before running kernels (hubkiln_spawner)
 async def prepare_account(spawner):
     """Create the student's Unix account and hand out the course material (as root)."""
     name = unix_name(spawner.user.name)
@@ -175,18 +170,28 @@ c.SystemdSpawner.unit_extra_properties = {
     "OOMPolicy": "continue",
 }
 
-# ---- idle culling: a hub service with just the permissions it needs
+# ---- hub services, each with just the permissions it needs
+services = []
+# idle culling
 culling = settings["idle_culling"]
 if culling["enabled"]:
-    c.JupyterHub.services = [{
+    services.append({
         "name": "idle-culler",
         "user": "hubkiln-culler",
         "cwd": "/",
         "command": [sys.executable, "-m", "jupyterhub_idle_culler",
                     f"--timeout={culling['timeout_minutes'] * 60}"],
-    }]
+    })
     c.JupyterHub.load_roles.append({
         "name": "idle-culler",
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
         "services": ["idle-culler"],
     })
+# pre-starting the roster's servers before each class (launch setting class_schedule):
+# reads and starts the roster's servers only (hubkiln_prestart)
+prestart = prestart_service(settings, sys.executable)
+if prestart:
+    services.append(prestart[0])
+    c.JupyterHub.load_roles.append(prestart[1])
+if services:
+    c.JupyterHub.services = services

@@ -1,0 +1,50 @@
+"""At class start the hub, its proxy and the front come before the students' servers.
+
+Every login and every request of a class passes jupyterhub, configurable-http-proxy
+and Caddy. When the students' servers and kernels keep every CPU busy, these three
+must still get the CPU, or logins wait behind spawns (issue 14: login p95 15.5 s for
+60 students on 2 cores before this). Two kernels' schedulers are covered: cgroup v2's
+cpu controller (the students' slice weighs half of system.slice) and autogroups
+(where the cpu controller is not in use, each session gets an equal share unless its
+autogroup's nice says otherwise).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+FIRST = ("jupyterhub.service", "jupyterhub-proxy.service", "hubkiln-front.service")
+#: What hubkiln-class-priority.conf and hubkiln-students.slice promise.
+NICE, AUTOGROUP_NICE, STUDENTS_WEIGHT = -5, -20, 50
+
+
+def main_pid(host, unit: str) -> int:
+    pid = int(host.run(f"systemctl show -P MainPID {unit}").stdout.strip() or 0)
+    assert pid > 0, f"{unit} has no main process"
+    return pid
+
+
+@pytest.mark.parametrize("unit", FIRST)
+def test_the_unit_runs_before_students_by_nice(host, journal, unit):
+    pid = main_pid(host, unit)
+    nice = int(host.run(f"ps -o ni= -p {pid}").stdout.strip())
+    assert nice == NICE, f"{unit} (pid {pid}) runs at nice {nice}" + journal(unit)
+
+
+@pytest.mark.parametrize("unit", FIRST)
+def test_the_units_session_outweighs_a_students_under_autogroups(host, journal, unit):
+    pid = main_pid(host, unit)
+    shown = host.run(f"cat /proc/{pid}/autogroup")
+    if shown.rc != 0:
+        assert "No such file" in shown.stderr, shown.stderr
+        pytest.skip("this kernel has no autogroups (CONFIG_SCHED_AUTOGROUP): "
+                    "the cpu controller's weights are what counts")
+    assert shown.stdout.split()[-2:] == ["nice", str(AUTOGROUP_NICE)], (
+        f"{unit}: {shown.stdout.strip()}" + journal(unit))
+
+
+def test_students_slice_weighs_less_than_the_system(host):
+    shown = host.run("systemctl show -P CPUWeight hubkiln-students.slice").stdout.strip()
+    assert shown == str(STUDENTS_WEIGHT)
+    system = host.run("systemctl show -P CPUWeight system.slice").stdout.strip()
+    assert system in ("[not set]", "", "100"), f"system.slice CPUWeight={system}"
