@@ -168,3 +168,31 @@ def test_the_spawn_page_shows_the_place_in_the_queue(monkeypatch):
 
     assert asyncio.run(run()) == ["Waiting for a free start slot: yours is next",
                                   "Starting your server..."]
+
+
+def test_a_server_that_dies_at_start_gives_its_slot_back(monkeypatch):
+    async def never_listens(host, port):
+        return False
+
+    async def dead(self):
+        return 1  # SystemdSpawner.poll: the unit is not running
+
+    monkeypatch.setattr(spawner_module, "listens", never_listens)
+    monkeypatch.setattr(spawner_module, "LISTEN_POLL", 0.01)
+    monkeypatch.setattr(spawner_module, "UNIT_POLL", 0.05)
+    monkeypatch.setattr(spawner_module.SystemdSpawner, "poll", dead)
+
+    async def command_output(*argv):
+        return ""
+
+    monkeypatch.setattr(spawner_module, "command_output", command_output)
+    spawner = spawner_module.HubkilnSpawner(user=SimpleNamespace(name="cy", id=3),
+                                            start_timeout=300)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await spawner._settle_once_listening(("127.0.0.1", 10003), 0)
+        return loop.time() - began
+
+    assert asyncio.run(run()) < 1.0  # not the 300 s of start_timeout

@@ -46,8 +46,8 @@ from traitlets import validate
 STARTING_NICE = -15
 #: cgroup v2 CPU weights of a server's unit: while it starts, then once it listens.
 STARTING_WEIGHT, RUNNING_WEIGHT = 400, 100
-#: Seconds between two looks at whether a starting server listens.
-LISTEN_POLL = 0.25
+#: Seconds between two looks at whether a starting server listens, and at its unit.
+LISTEN_POLL, UNIT_POLL = 0.25, 1.0
 #: How many servers start at once, per CPU.
 START_SLOTS = 2
 #: Seconds between two queue messages on a waiting student's spawn page.
@@ -185,10 +185,15 @@ class HubkilnSpawner(SystemdSpawner):
         yield {"progress": 50, "message": "Starting your server..."}
 
     async def _settle_once_listening(self, address: tuple[str, int], pid: int) -> None:
-        """Back to a running server's share once it listens (or start_timeout is over)."""
+        """Back to a running server's share once it listens, its unit stops (a server
+        that dies at start must not hold a start slot) or start_timeout is over."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
+        deadline, looked = loop.time() + self.start_timeout, loop.time()
         while loop.time() < deadline and not await listens(*address):
+            if loop.time() - looked >= UNIT_POLL:
+                looked = loop.time()
+                if await self.poll() is not None:  # the unit is no longer running
+                    break
             await asyncio.sleep(LISTEN_POLL)
         if pid:
             set_autogroup_nice(pid, 0)
