@@ -242,10 +242,10 @@ def render_readme(manifest: dict[str, Any]) -> str:
         if validation.get("not_run"):
             lines.append(f"Not run: {validation['not_run']}.")
     lines += ["", "## Class capacity", ""]
-    capacity = manifest.get("capacity")
-    if capacity:
-        lines.append(f"{capacity['sizing']} (measured {capacity['at']}; {capacity['file']}).")
-    else:
+    measured = [manifest[key] for key in ("capacity", "capacity_prestart") if manifest.get(key)]
+    for capacity in measured:
+        lines.append(f"- {capacity['sizing']} (measured {capacity['at']}; {capacity['file']}).")
+    if not measured:
         lines.append("Not measured: `invoke build --loadtest N` or `invoke loadtest "
                      f"--profile={name} --students N` measures it.")
     lines += ["", "## Launch", "",

@@ -535,13 +535,18 @@ def choose_engine(engine: str, accelerator: str) -> str:
     return "vm" if accelerator == "kvm" else "container"
 
 
+PRESTART_KEY = "capacity_prestart"
+
+
 def record_capacity(out: Path, image: Path, record: dict[str, Any]) -> bool:
     """The sizing line into the manifest (and README) of `out`, when `image` is the image
-    that manifest describes; True when it was."""
+    that manifest describes, under `capacity`, or `capacity_prestart` for a class whose
+    servers a class_schedule pre-started; True when it went in."""
     manifest = artifacts.read_manifest(out)
     if manifest is None or image.resolve() != (out / manifest["files"][0]["name"]).resolve():
         return False
-    manifest["capacity"] = {
+    # A class with pre-started servers is another figure: each keeps its own line.
+    manifest[PRESTART_KEY if record.get("prestart") else "capacity"] = {
         "sizing": record["sizing"], "at": record["at"], "file": RECORD,
         "engine": record["engine"], "students": record["class"]["students"],
         "completed": record["completed"], "failures": sum(record["failures"].values()),

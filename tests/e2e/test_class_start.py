@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 @pytest.fixture(scope="module")
 def capacity(built, e2e_profile, class_size) -> dict:
     folder = output_dir(e2e_profile)
-    return {"class": class_size,"manifest": artifacts.read_manifest(folder)["capacity"],
+    return {"class": class_size, "manifest": artifacts.read_manifest(folder)["capacity"],
             "record": json.loads((folder / RECORD).read_text()),
             "readme": (folder / artifacts.README).read_text()}
 

@@ -119,4 +119,5 @@ def test_publish_outputs_lists_every_format_and_publishes_at_once(small_disk, tm
                           text=True)
     assert sums.returncode == 0, sums.stdout + sums.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f["name"] for f in manifest["files"]] + ["SHA256SUMS", "manifest.json", "README.md", "logs"])
+        [f["name"] for f in manifest["files"]]
+        + ["SHA256SUMS", "manifest.json", "README.md", "logs"])

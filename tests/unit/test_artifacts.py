@@ -111,7 +111,7 @@ def test_the_readme_gives_the_validation_boot_and_sizing_line():
     assert "**passed** (t): 300 passed, 0 failed, 2 skipped (container 200 passed, " \
            "vm 100 passed)." in text
     assert "Boot under tcg: SSH after 80.1 s, the login page after 88.0 s" in text
-    assert "container on 2 vCPU / 24 GiB: 60 students (measured t2; capacity.json)." in text
+    assert "- container on 2 vCPU / 24 GiB: 60 students (measured t2; capacity.json)." in text
 
 
 def test_the_manifest_and_its_readme_are_written_together(tmp_path):

@@ -459,3 +459,24 @@ def test_the_sizing_line_says_when_servers_were_pre_started():
         schedule={"sessions": []})
     assert record["prestart"]["ready"] == 1 and record["prestart"]["seconds"] == 20.0
     assert "servers pre-started by class_schedule (1 of 1 ready)" in record["sizing"]
+
+
+def test_a_pre_started_class_keeps_a_line_of_its_own(tmp_path):
+    from hubkiln import artifacts
+
+    published(tmp_path)
+    plain = a_record()
+    client = {"students": [client_result("student001", 0.4)], "monitor": [],
+              "prestart": {"ready": 1, "of": 1, "seconds": 9.0}}
+    ahead = loadtest.capacity_record(
+        profile="ci", image="hubkiln-ci.qcow2", engine="container", students=1, ramp=0,
+        active=0, client=client, samples=[], host_note="the host's", boot_seconds=1,
+        schedule={"sessions": []})
+    image = tmp_path / "hubkiln-ci.qcow2"
+    assert loadtest.record_capacity(tmp_path, image, plain)
+    assert loadtest.record_capacity(tmp_path, image, ahead)
+    manifest = artifacts.read_manifest(tmp_path)
+    assert manifest["capacity"]["sizing"] == plain["sizing"]
+    assert manifest["capacity_prestart"]["sizing"] == ahead["sizing"]
+    readme = (tmp_path / "README.md").read_text()
+    assert plain["sizing"] in readme and ahead["sizing"] in readme
