@@ -8,7 +8,8 @@ the host against the forwarded HTTPS port, and the guest is read over SSH as the
 admin's SSH account). The load client (hubkiln/loadclient.py) drives the students
 through the real login form, the spawn, JupyterLab, a kernel and cells; meanwhile a
 script in the guest samples each student's memory and the load. The record goes to
-`output/NAME/capacity.json`, with a one-line sizing summary.
+`output/NAME/capacity.json` (`capacity-prestart.json` with `--prestart`), with a one-line
+sizing summary.
 
 Honest limits: a container shares the build host's kernel, so there the load average
 and MemAvailable are the host's (with whatever else runs there), and on a host whose
@@ -55,6 +56,8 @@ OPERATOR = guest_settings().operator_name(ADMIN)
 VM_MEMORY_MIB = 16384
 VM_BOOT_TIMEOUT = 900
 RECORD = "capacity.json"
+#: A class whose servers a class_schedule pre-started: another figure, another file.
+PRESTART_RECORD = "capacity-prestart.json"
 STEPS = ("login", "spawn", "lab", "kernel", "first_cell", "cell", "stop")
 #: Seconds between the host's samples of memory and load.
 SAMPLE_INTERVAL = 5.0
@@ -547,7 +550,8 @@ def record_capacity(out: Path, image: Path, record: dict[str, Any]) -> bool:
         return False
     # A class with pre-started servers is another figure: each keeps its own line.
     manifest[PRESTART_KEY if record.get("prestart") else "capacity"] = {
-        "sizing": record["sizing"], "at": record["at"], "file": RECORD,
+        "sizing": record["sizing"], "at": record["at"],
+        "file": PRESTART_RECORD if record.get("prestart") else RECORD,
         "engine": record["engine"], "students": record["class"]["students"],
         "completed": record["completed"], "failures": sum(record["failures"].values()),
         "steps_p95": {step: record["steps"][step]["p95"] for step in ("login", "spawn")}}
@@ -597,6 +601,6 @@ def run_loadtest(profile_ref: str, *, students: int, ramp: float = 60, active: f
                              schedule=schedule,
                              samples=samples, host_note=machine.host_note,
                              boot_seconds=waited)
-    artifacts.write_json(out / RECORD, record)
+    artifacts.write_json(out / (PRESTART_RECORD if prestart else RECORD), record)
     record_capacity(out, path, record)
     return record

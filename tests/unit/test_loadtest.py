@@ -478,5 +478,7 @@ def test_a_pre_started_class_keeps_a_line_of_its_own(tmp_path):
     manifest = artifacts.read_manifest(tmp_path)
     assert manifest["capacity"]["sizing"] == plain["sizing"]
     assert manifest["capacity_prestart"]["sizing"] == ahead["sizing"]
+    assert (manifest["capacity"]["file"], manifest["capacity_prestart"]["file"]) == (
+        "capacity.json", "capacity-prestart.json")
     readme = (tmp_path / "README.md").read_text()
     assert plain["sizing"] in readme and ahead["sizing"] in readme
