@@ -517,6 +517,34 @@ def boot(engine: str, image: Path, settings: launch.Launch, key: Path, work: Pat
         yield VmMachine(vm, key)
 
 
+#: Journal lines kept per failed student (the machine is thrown away after the run).
+FAILED_JOURNAL_LINES = 200
+
+
+def keep_failed_journals(machine: Any, students: list[dict[str, Any]], logs: Path
+                         ) -> list[Path]:
+    """Before the machine goes: each failed student's server unit journal (server and
+    kernel) into logs/loadtest-failed-NAME.log, with the hub's lines about them."""
+    kept = []
+    for student in students:
+        if not student.get("failure"):
+            continue
+        name = student["name"]  # roster names are their own Unix names
+        unit = f"jupyter-{name}-singleuser.service"
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            server = machine.guest(["journalctl", "--no-pager", "-o", "short-precise", "-u",
+                                    unit, "-n", str(FAILED_JOURNAL_LINES)], timeout=60).stdout
+            hub = machine.guest(["journalctl", "--no-pager", "-o", "short-precise", "-u",
+                                 "jupyterhub.service", "-g", name, "-n",
+                                 str(FAILED_JOURNAL_LINES)], timeout=60).stdout
+            path = logs / f"loadtest-failed-{name}.log"
+            path.write_text(f"# {name}: {student['failure']}\n# {unit}\n{server}\n"
+                            f"# jupyterhub.service, lines naming {name}\n{hub}",
+                            encoding="utf-8")
+            kept.append(path)
+    return kept
+
+
 def find_image(profile: Profile, image: str | None) -> Path:
     if image:
         path = Path(image)
@@ -595,6 +623,7 @@ def run_loadtest(profile_ref: str, *, students: int, ramp: float = 60, active: f
                                           logs / "loadtest-client.log",
                                           HUB_WAIT + plan["prestart_wait_seconds"]
                                           + plan["deadline_seconds"] + 120)
+            keep_failed_journals(machine, client["students"], logs)
             label = engine if engine == "container" else f"vm ({machine.vm.spec.accelerator})"
     record = capacity_record(profile=profile.name, image=path.name, engine=label,
                              students=students, ramp=ramp, active=active, client=client,

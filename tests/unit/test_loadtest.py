@@ -482,3 +482,22 @@ def test_a_pre_started_class_keeps_a_line_of_its_own(tmp_path):
         "capacity.json", "capacity-prestart.json")
     readme = (tmp_path / "README.md").read_text()
     assert plain["sizing"] in readme and ahead["sizing"] in readme
+
+
+def test_the_failed_students_journals_are_kept_before_the_machine_goes(tmp_path):
+    asked = []
+
+    class Machine:
+        def guest(self, command, timeout=30):
+            asked.append(command)
+            return subprocess.CompletedProcess(command, 0, stdout=f"lines of {command[5]}\n")
+
+    students = [client_result("student001", 8.0),
+                client_result("student002", None, {"step": "first_cell",
+                                                   "kind": "kernel died", "detail": ""})]
+    kept = loadtest.keep_failed_journals(Machine(), students, tmp_path)
+    assert kept == [tmp_path / "loadtest-failed-student002.log"]
+    text = kept[0].read_text()
+    assert "kernel died" in text and "lines of jupyter-student002-singleuser.service" in text
+    assert "lines of jupyterhub.service" in text
+    assert all("student001" not in " ".join(command) for command in asked)
