@@ -304,14 +304,20 @@ class Student:
             raise StepFailed(f"cell: {error.split(':', 1)[0]}", error[:300])
 
     async def stay_active(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        until = time.monotonic() + self.plan["active_seconds"]
+        began = time.monotonic()
         self.step = "cell"
-        while time.monotonic() + self.plan["cell_interval"] <= until:
-            await asyncio.sleep(self.plan["cell_interval"])
+        for due in cell_times(self.plan["active_seconds"], self.plan["cell_interval"]):
+            await asyncio.sleep(max(0.0, began + due - time.monotonic()))
             started = time.monotonic()
             await self.execute(ws, self.plan["active_cell"])
             self.cells.append(round(time.monotonic() - started, 3))
-        await asyncio.sleep(max(0.0, until - time.monotonic()))
+        await asyncio.sleep(max(0.0, began + self.plan["active_seconds"] - time.monotonic()))
+
+
+def cell_times(active_seconds: float, interval: float) -> list[float]:
+    """When, in seconds after the first cell, a student active for `active_seconds`
+    runs its next cells: one every `interval`, the last no later than the end."""
+    return [interval * n for n in range(1, int(active_seconds // interval) + 1)]
 
 
 def new_session(plan: dict[str, Any]) -> aiohttp.ClientSession:

@@ -409,6 +409,21 @@ def test_the_client_drives_a_student_through_every_step_and_records_a_refused_lo
     assert results["monitor"] and "error" not in results["monitor"][0]
 
 
+@pytest.mark.parametrize("active, interval, times", [
+    (20, 20, [20]),            # active exactly one interval: one cell, at its end
+    (120, 20, [20, 40, 60, 80, 100, 120]),
+    (19.9, 20, []),            # shorter than one interval: no cell after the first
+    (0.5, 0.2, [0.2, 0.4]),
+])
+def test_a_student_runs_a_cell_every_interval_while_active(active, interval, times):
+    assert loadclient.cell_times(active, interval) == pytest.approx(times)
+
+
+def test_a_student_active_for_exactly_one_interval_runs_one_cell():
+    results = run_against_fake_hub(plan(active_seconds=0.3, cell_interval=0.3))
+    assert len(results["students"][0]["cells"]) == 1
+
+
 def test_a_failing_cell_is_recorded_by_its_error():
     results = run_against_fake_hub(plan(first_cell="raise ValueError('x')"))
     assert results["students"][0]["failure"]["kind"] == "cell: ValueError"
