@@ -53,7 +53,8 @@ announce "installing $ETC/jupyterhub_config.py"
 install -m 0644 -o root -g root "$SRC/hub/jupyterhub_config.py" "$ETC/jupyterhub_config.py"
 
 announce "installing hubkiln-firstboot, hubkiln-apply-launch and hubkiln-prepare-user into $SBIN"
-for tool in hubkiln-firstboot hubkiln-apply-launch hubkiln-prepare-user hubkiln-autogroup-nice; do
+for tool in hubkiln-firstboot hubkiln-apply-launch hubkiln-prepare-user hubkiln-autogroup-nice \
+    hubkiln-wait-listening hubkiln-hub; do
     install -m 0755 -o root -g root "$SRC/bin/$tool" "$SBIN/$tool"
 done
 
@@ -101,6 +102,12 @@ for unit in jupyterhub.service jupyterhub-proxy.service hubkiln-front.service; d
     install -m 0644 -o root -g root "$SRC/systemd/hubkiln-class-priority.conf" \
         "/etc/systemd/system/$unit.d/10-hubkiln-class-priority.conf"
 done
+announce "jupyterhub.service is active once the hub serves; cloud-init's config stage waits for it"
+install -m 0644 -o root -g root "$SRC/systemd/hubkiln-hub-ready.conf" \
+    /etc/systemd/system/jupyterhub.service.d/20-hubkiln-hub-ready.conf
+install -d -m 0755 -o root -g root /etc/systemd/system/cloud-config.service.d
+install -m 0644 -o root -g root "$SRC/systemd/hubkiln-boot-after-hub.conf" \
+    /etc/systemd/system/cloud-config.service.d/10-hubkiln-after-hub.conf
 announce "installing hubkiln-students.slice (students' servers; started with the first one)"
 install -m 0644 -o root -g root "$SRC/systemd/hubkiln-students.slice" \
     /etc/systemd/system/hubkiln-students.slice

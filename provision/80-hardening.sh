@@ -103,11 +103,13 @@ install_file "$SRC/systemd/60-hubkiln-core.conf" /etc/systemd/system.conf.d/60-h
 install_file "$SRC/systemd/60-hubkiln-coredump.conf" \
     /etc/systemd/coredump.conf.d/60-hubkiln-coredump.conf 0644
 
-announce "SSH: keys only, admins only (AllowGroups hubkiln-admins), modern algorithms"
+announce "SSH: keys only, admins only (AllowGroups hubkiln-admins), modern algorithms, Ed25519 and ECDSA host keys"
 install_file "$SRC/sshd_config.d/10-hubkiln-hardening.conf" \
     /etc/ssh/sshd_config.d/10-hubkiln-hardening.conf 0644
 install_file "$SRC/systemd/ssh-after-firstboot.conf" \
     /etc/systemd/system/ssh.service.d/10-hubkiln-after-firstboot.conf 0644
+install_file "$SRC/cloud/50-hubkiln-ssh-host-keys.cfg" \
+    /etc/cloud/cloud.cfg.d/50-hubkiln-ssh-host-keys.cfg 0644
 make_scratch
 # sshd -t needs a host key (the seal removes the image's) and its privilege separation folder.
 ssh-keygen -q -t ed25519 -N '' -f "$SCRATCH/hostkey"
@@ -206,8 +208,15 @@ if apt-config dump Unattended-Upgrade::Origins-Pattern | grep -q -- '-updates'; 
 fi
 systemctl enable apt-daily.timer apt-daily-upgrade.timer
 
-announce "AppArmor: enabled, profiles loaded at boot"
+announce "AppArmor: enabled, profiles loaded at boot; profiles of programs the image lacks disabled"
 systemctl enable apparmor.service
+install -d -m 0755 -o root -g root /etc/apparmor.d/disable
+# Only profiles that attach to nothing in this tree (hubkiln_hardening.py
+# apparmor-unused); each can be enabled again by removing its symlink.
+while IFS= read -r profile; do
+    [[ -n "$profile" ]] || continue
+    ln -sfn "/etc/apparmor.d/$profile" "/etc/apparmor.d/disable/$profile"
+done < <(python3 "$HELPER" apparmor-unused /)
 
 announce "login banner (/etc/issue, /etc/issue.net) and Lynis' profile for this image"
 install_file "$SRC/issue" /etc/issue 0644

@@ -1,8 +1,17 @@
-"""AppArmor is enabled with profiles loaded (HARDENING.md "packages")."""
+"""AppArmor is enabled with profiles loaded (HARDENING.md "packages"); only profiles
+of programs the image lacks are left out (provision/80-hardening.sh)."""
 
 from __future__ import annotations
 
+import re
+import shlex
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "provision/files/hardening"))
+import hubkiln_hardening as rules  # noqa: E402
 
 #: Proven in the VM only (AppArmor needs the image's own kernel): see hubkiln/imagetest.py, engines.
 pytestmark = pytest.mark.needs("kernel")
@@ -19,3 +28,23 @@ def test_apparmor_has_profiles_loaded(host, hardening, journal):
         result = host.run("aa-status --profiled")
     assert result.rc == 0 and int(result.stdout.strip() or 0) > 0, (
         result.stdout + result.stderr + journal("apparmor.service"))
+
+
+def test_only_profiles_of_absent_programs_are_disabled(host, hardening):
+    with host.sudo():
+        disabled = host.run("ls /etc/apparmor.d/disable").stdout.split()
+        loaded = host.run("aa-status --json").stdout
+    assert disabled, "no profile was disabled: every one is loaded at each boot"
+    for name in disabled:
+        text = host.file(f"/etc/apparmor.d/{name}").content_string
+        attachments = rules.profile_attachments(text)
+        assert attachments, f"{name} attaches by name only: it must stay loaded"
+        # as the rule reads them: a variable of tunables/ matches one path component
+        patterns = [p for a in attachments
+                    for p in rules.expand_braces(re.sub(r"@\{\w+\}", "*", a))]
+        found = host.run("shopt -s globstar nullglob; for p in " + " ".join(
+            shlex.quote(p).replace("*", "'*'") for p in patterns) + '; do ls -d -- "$p"; done')
+        assert found.stdout.strip() == "", f"{name} is disabled, but its program is here"
+    # a profile of a program the image has stays loaded
+    assert host.file("/usr/sbin/unix_chkpwd").exists
+    assert '"unix-chkpwd"' in loaded

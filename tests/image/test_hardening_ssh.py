@@ -54,3 +54,19 @@ def test_ssh_listens_and_the_service_runs(host, hardening, journal):
     assert host.socket("tcp://0.0.0.0:22").is_listening or host.socket("tcp://:::22").is_listening
     states = host.run("systemctl is-active ssh.service ssh.socket").stdout.split()
     assert "active" in states, journal("ssh.service")
+
+
+#: The host key types cloud-init makes at first boot
+#: (provision/files/hardening/cloud/50-hubkiln-ssh-host-keys.cfg): no RSA key.
+HOST_KEY_TYPES = {"ed25519", "ecdsa"}
+
+
+def test_the_host_keys_are_ed25519_and_ecdsa_made_at_first_boot(host, hardening):
+    with host.sudo():
+        keys = host.run("ls /etc/ssh/ | sed -n 's/^ssh_host_\\(.*\\)_key$/\\1/p'").stdout.split()
+        offered = host.run("sshd -T | sed -n 's/^hostkey //p'").stdout.split()
+        fingerprints = host.run("for key in /etc/ssh/ssh_host_*_key.pub; do "
+                                "ssh-keygen -l -f \"$key\"; done").stdout
+    assert set(keys) == HOST_KEY_TYPES
+    assert offered == ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ecdsa_key"]
+    assert "(ED25519)" in fingerprints and "(ECDSA)" in fingerprints

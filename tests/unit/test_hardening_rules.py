@@ -1,5 +1,6 @@
 """The hardening rules rendered or shipped for the guest, checked without a guest:
-the firewall's cloud-metadata block, fail2ban's hub jail and filter, Lynis' profile."""
+the firewall's cloud-metadata block, fail2ban's hub jail and filter, Lynis' profile,
+the AppArmor profiles left out of the boot."""
 
 from __future__ import annotations
 
@@ -173,3 +174,79 @@ def test_lynis_checks_certificates_in_hubkilns_folder_only():
                 if line and not line.startswith("#")]
     assert "ssl-certificate-paths=/etc/hubkiln/tls" in settings
     assert not [line for line in settings if line.startswith("skip-test=CRYP")]
+
+
+# ------------------------------------------------- AppArmor profiles of absent programs
+# Written the way Ubuntu's apparmor package writes them (/etc/apparmor.d/firefox,
+# MongoDB_Compass, QtWebEngineProcess, unix-chkpwd, lsb_release).
+PROFILES = {
+    "browser": "abi <abi/4.0>,\ninclude <tunables/global>\n\n"
+               "profile browser /{usr/lib/browser{,-esr},opt/browser}/browser{,-bin} "
+               "flags=(unconfined) {\n  userns,\n  include if exists <local/browser>\n}\n",
+    "spaced": 'profile "Spaced App" "/usr/lib/spaced app/Spaced App" flags=(unconfined) {\n'
+              "  userns,\n}\n",
+    "multiarch": "profile qtweb /usr/lib/@{multiarch}/qt{5,6}/libexec/qtweb flags=(unconfined) {\n"
+                 "  userns,\n}\n",
+    "chkpwd": "profile chkpwd /{,usr/}{,s}bin/chkpwd {\n  /etc/shadow r,\n}\n",
+    "variable": "@{exec_path} = /usr/bin/tool /usr/local/bin/tool\n"
+                "profile tool @{exec_path} {\n  @{exec_path} mr,\n}\n",
+    "unnamed": "# an old-style profile\n/usr/sbin/daemon {\n  /etc/daemon.conf r,\n}\n",
+    "named": "profile lsb_release {\n  /usr/bin/lsb_release r,\n}\n",
+    "child": "profile outer /opt/outer/run {\n  profile inner /usr/bin/chkpwd {\n  }\n}\n",
+}
+
+
+def profile_tree(tmp_path: Path, programs: list[str]) -> Path:
+    folder = tmp_path / "etc/apparmor.d"
+    for sub in ("abstractions", "tunables", "local", "disable"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "tunables/global").write_text("@{multiarch}=*-linux-gnu*\n")
+    for name, text in PROFILES.items():
+        (folder / name).write_text(text)
+    for program in programs:
+        (tmp_path / program.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / program.lstrip("/")).write_text("")
+    return tmp_path
+
+
+def test_attachments_are_read_with_quotes_flags_and_the_files_variables():
+    assert rules.profile_attachments(PROFILES["spaced"]) == ["/usr/lib/spaced app/Spaced App"]
+    assert rules.profile_attachments(PROFILES["variable"]) == ["/usr/bin/tool",
+                                                                "/usr/local/bin/tool"]
+    assert rules.profile_attachments(PROFILES["unnamed"]) == ["/usr/sbin/daemon"]
+    # a profile inside another's block is not the file's attachment
+    assert rules.profile_attachments(PROFILES["child"]) == ["/opt/outer/run"]
+
+
+def test_a_profile_attached_by_name_only_is_always_kept():
+    assert rules.profile_attachments(PROFILES["named"]) is None
+
+
+def test_alternations_expand_nested_and_empty():
+    assert sorted(rules.expand_braces("/{,usr/}{,s}bin/x")) == [
+        "/bin/x", "/sbin/x", "/usr/bin/x", "/usr/sbin/x"]
+    assert sorted(rules.expand_braces("/a{b{,c},d}")) == ["/ab", "/abc", "/ad"]
+    assert rules.expand_braces("/no{brace") == ["/no{brace"]
+
+
+def test_nothing_installed_disables_every_attached_profile(tmp_path):
+    root = profile_tree(tmp_path, [])
+    assert rules.unused_apparmor_profiles(str(root)) == [
+        "browser", "child", "chkpwd", "multiarch", "spaced", "unnamed", "variable"]
+
+
+def test_a_profile_whose_program_is_installed_stays_loaded(tmp_path):
+    root = profile_tree(tmp_path, [
+        "/opt/browser/browser-bin", "/usr/lib/spaced app/Spaced App",
+        "/usr/lib/x86_64-linux-gnu/qt6/libexec/qtweb", "/usr/sbin/chkpwd",
+        "/usr/local/bin/tool", "/usr/sbin/daemon", "/opt/outer/run"])
+    assert rules.unused_apparmor_profiles(str(root)) == []
+
+
+def test_the_command_prints_one_profile_a_line(tmp_path):
+    root = profile_tree(tmp_path, ["/usr/bin/chkpwd"])
+    result = subprocess.run([sys.executable, str(HARDENING / "hubkiln_hardening.py"),
+                             "apparmor-unused", str(root)],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["browser", "child", "multiarch", "spaced", "unnamed",
+                                     "variable"]

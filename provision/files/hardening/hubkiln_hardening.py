@@ -13,6 +13,16 @@ the settings JSON (HUBKILN_HARDENING) on stdin:
     hub-jail   print fail2ban's hubkiln-hub jail (failed hub logins; the
                thresholds below, not settings)
 
+and one command that reads the tree instead:
+
+    apparmor-unused ROOT   print the AppArmor profiles under ROOT/etc/apparmor.d
+               that attach only to programs ROOT does not have (Ubuntu's apparmor
+               package ships some 90 for desktop programs; loading them all cost
+               24 s of an emulated boot). The build disables them in
+               /etc/apparmor.d/disable/, the standard switch: a package that
+               installs the program later gets its profile back with one symlink
+               removed, and every other profile stays loaded.
+
 The image tests import the constants below as the expected values.
 
 Limits: only TCP ports are opened (besides HTTP/3 on UDP 443, which the HTTPS
@@ -23,8 +33,11 @@ to those addresses (DNS, DHCP and NTP on Google Cloud) stays open to everyone.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import json
+import os
+import re
 import sys
 from typing import Any
 
@@ -209,7 +222,101 @@ def render_hub_jail() -> str:
     ]) + "\n"
 
 
+# ---------------------------------------------------------------- AppArmor profiles
+#: `profile NAME ATTACHMENT [flags=(...)] {` and the unnamed `ATTACHMENT [flags] {`.
+_NAME = r'(?:"[^"]*"|\S+)'
+_PROFILE_LINE = re.compile(
+    rf'^\s*(?:profile\s+{_NAME}\s+)?(?:"(?P<quoted>/[^"]*)"|(?P<path>[/@]\S*))'
+    r"(?:\s+flags=\([^)]*\))?\s+\{")
+_NAMED_ONLY_LINE = re.compile(rf"^\s*profile\s+{_NAME}\s*(?:flags=\([^)]*\))?\s*\{{")
+_VARIABLE_LINE = re.compile(r"^\s*@\{(?P<name>\w+)\}\s*\+?=\s*(?P<values>.+?)\s*$")
+
+
+def profile_attachments(text: str) -> list[str] | None:
+    """The executable paths the top-level profiles of a profile file attach to, with
+    the file's own @{variables} put in; None if a profile attaches by name only (it
+    is entered from another profile, so it is needed whatever is installed)."""
+    variables: dict[str, list[str]] = {}
+    attachments: list[str] = []
+    depth = 0
+    for line in text.splitlines():
+        code = line.split("#", 1)[0] if not line.lstrip().startswith("#include") else ""
+        if depth == 0:
+            if found := _VARIABLE_LINE.match(code):
+                variables.setdefault(found["name"], []).extend(found["values"].split())
+            elif _NAMED_ONLY_LINE.match(code):
+                return None
+            elif found := _PROFILE_LINE.match(code):
+                attachments.extend(expand_variables(found["quoted"] or found["path"],
+                                                    variables))
+        # Alternations and @{variables} are balanced on their line: only a block's
+        # own brace changes the depth.
+        depth = max(depth + code.count("{") - code.count("}"), 0)
+    return attachments
+
+
+def expand_variables(pattern: str, variables: dict[str, list[str]]) -> list[str]:
+    """`pattern` once for each value of each @{variable} in it (unknown ones left)."""
+    found = re.search(r"@\{(\w+)\}", pattern)
+    if not found or found[1] not in variables:
+        return [pattern]
+    return [expanded for value in variables[found[1]]
+            for expanded in expand_variables(
+                pattern[:found.start()] + value + pattern[found.end():], variables)]
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """AppArmor's alternations: `/{usr/,}bin/{a,b}` is four paths (nested too)."""
+    start = pattern.find("{")
+    if start < 0:
+        return [pattern]
+    depth, parts, begun = 0, [], start + 1
+    for index in range(start, len(pattern)):
+        if pattern[index] == "{":
+            depth += 1
+        elif pattern[index] == "}":
+            depth -= 1
+            if depth == 0:
+                parts.append(pattern[begun:index])
+                head, tail = pattern[:start], pattern[index + 1:]
+                return [expanded for part in parts for expanded in expand_braces(
+                    head + part + tail)]
+        elif pattern[index] == "," and depth == 1:
+            parts.append(pattern[begun:index])
+            begun = index + 1
+    return [pattern]  # unbalanced: taken literally
+
+
+def attachment_exists(root: str, pattern: str) -> bool:
+    """Whether any file under `root` matches an attachment (AppArmor globs: `*`,
+    `**`, `?`, `[...]`, alternations). A @{variable} the file does not define (such
+    as @{multiarch} of tunables/global) matches any one path component."""
+    for path in expand_braces(re.sub(r"@\{\w+\}", "*", pattern)):
+        path = re.sub(r"\*\*+", "**", path)
+        if glob.glob(os.path.join(root, path.lstrip("/")), recursive=True):
+            return True
+    return False
+
+
+def unused_apparmor_profiles(root: str) -> list[str]:
+    """The profile files under ROOT/etc/apparmor.d whose every attachment is absent."""
+    folder = os.path.join(root, "etc/apparmor.d")
+    unused = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path) or name.startswith(".") or name.endswith("~"):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            attachments = profile_attachments(handle.read())
+        if attachments and not any(attachment_exists(root, a) for a in attachments):
+            unused.append(name)
+    return unused
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[1] == "apparmor-unused":
+        print("\n".join(unused_apparmor_profiles(argv[2])))
+        return 0
     if len(argv) != 2 or argv[1] not in ("check", "json", "nftables", "hub-jail"):
         print("usage: hubkiln_hardening.py check|json|nftables|hub-jail < settings.json",
               file=sys.stderr)
