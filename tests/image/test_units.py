@@ -43,6 +43,8 @@ def test_package_caddy_service_is_masked(host):
 @pytest.mark.parametrize(("unit", "prop", "expected"), [
     ("jupyterhub.service", "OOMScoreAdjust", "-1000"),
     ("jupyterhub.service", "Restart", "always"),
+    # fail2ban's hub jail finds failed logins by this name (filter.d/hubkiln-hub.conf)
+    ("jupyterhub.service", "SyslogIdentifier", "jupyterhub"),
     ("jupyterhub-proxy.service", "Restart", "always"),
     ("jupyterhub-proxy.service", "DynamicUser", "yes"),
     ("hubkiln-front.service", "User", "caddy"),

@@ -250,3 +250,15 @@ def test_the_command_prints_one_profile_a_line(tmp_path):
                             capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["browser", "child", "multiarch", "spaced", "unnamed",
                                      "variable"]
+
+
+def test_the_hub_jail_reads_the_lines_the_hub_unit_writes():
+    """The filter's journalmatch and _daemon name the unit and the journal identifier
+    of the hub's lines: a start program with another name (hubkiln-hub) must not
+    change them, or guessing on the login form is never banned."""
+    unit = (HARDENING.parents[1] / "files/systemd/jupyterhub.service").read_text()
+    filter_text = HUB_FILTER.read_text()
+    identifier = re.search(r"^SyslogIdentifier=(\S+)$", unit, re.M)
+    assert identifier, "jupyterhub.service sets no SyslogIdentifier"
+    assert re.search(rf"^_daemon = {re.escape(identifier[1])}$", filter_text, re.M)
+    assert "journalmatch = _SYSTEMD_UNIT=jupyterhub.service" in filter_text
