@@ -157,16 +157,19 @@ def seed(config: str | None, *, iso: str | None, user_data: str | None,
         raise HubkilnError("no launch settings given",
                            hint="name them with --config FILE; start from examples/launch.yaml")
     settings = launch.load_launch(config)
+    tls_mode = None
     if profile_ref:
-        problems = launch.check_launch_for_profile(settings, load_profile(profile_ref))
+        profile = load_profile(profile_ref)
+        problems = launch.check_launch_for_profile(settings, profile)
         if problems:
             raise launch.LaunchError(problems)
+        tls_mode = profile["tls"]["mode"]
     iso_path = Path(iso) if iso else (None if user_data else Path("seed.iso"))
     data_path = Path(user_data) if user_data else None
     settings, credentials = launch.issue_credentials(settings)
     written = launch.write_seed(settings, iso=iso_path, user_data=data_path)
     issued = launch.write_credentials(credentials, (iso_path or data_path))
-    lines = [f"checked {config}:"] + [f"  {line}" for line in launch.summarize(settings)]
+    lines = [f"checked {config}:"] + [f"  {line}" for line in launch.summarize(settings, tls_mode)]
     for path in written:
         what = "NoCloud seed ISO (label cidata): attach it to the VM as a CD-ROM" \
             if path == iso_path else "cloud-config user-data: give it as the cloud's user data"

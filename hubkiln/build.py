@@ -45,9 +45,11 @@ from .profile import PROJECT_DIR, Profile, display_path, load_profile, parse_siz
 from .progress import Progress
 from .provision import (
     CONTENT_STAGING,
+    HUB_SETTINGS_STAGING,
     PROVISION_DIR,
     Step,
     provision_env,
+    render_hub_settings,
     script_path,
     step_env,
     steps_in,
@@ -184,6 +186,13 @@ def provision(tree: Path, steps: list[Step], env: dict[str, str], ca: Path, prox
                               support_dir=PROVISION_DIR)
 
 
+def stage_settings(profile: Profile, tree: Path) -> None:
+    """Put the profile's hub settings drop-in into the tree for 50-hub-config.sh."""
+    target = tree / HUB_SETTINGS_STAGING.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_hub_settings(profile), encoding="utf-8")
+
+
 def stage_content(profile: Profile, tree: Path, log: Path) -> None:
     """Copy the profile's content folders into the tree for 60-content.sh to install."""
     staging = tree / CONTENT_STAGING.lstrip("/")
@@ -294,6 +303,7 @@ def _build(profile_ref: str, *, accelerator: str | None, validate: bool,
     with progress.stage("config", "hub settings and content (chroot)"):
         copy_tree(envs_tree, tree, paths.logs / "config.log")
         stage_content(profile, tree, paths.logs / "config.log")
+        stage_settings(profile, tree)
         provision(tree, steps_in("config"), env, ca, base["apt_proxy"],
                   paths.logs / "config.log", progress)
         inventory = artifacts.inventory(tree, VENVS, NODE_MODULES)
@@ -404,21 +414,3 @@ def publish_outputs(profile: Profile, baked: Path, paths: BuildPaths, started: d
     }
     artifacts.write_manifest(paths.out, manifest)
     return manifest
-
-
-def image_info(image: Path) -> dict[str, Any]:
-    """`qemu-img info` of an image, as a dict."""
-    return json.loads(run(["qemu-img", "info", "--output=json", str(image)]))
-
-
-def check_image(image: Path, virtual_bytes: int, fmt: str = "qcow2") -> None:
-    """Fail unless `image`, an artifact of `fmt`, passes its format check (formats.py) and
-    holds a disk of the profile's size."""
-    formats.check_artifact(fmt, image, virtual_bytes=virtual_bytes,
-                           log=Path(os.devnull))
-
-
-def check_image_ready(image: Path) -> None:
-    """Raise unless `image` exists; used by tasks that boot an existing build."""
-    if not image.exists():
-        raise BuildError(f"no image at {image}", hint="run `invoke build --profile=...` first")

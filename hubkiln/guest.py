@@ -1,13 +1,17 @@
 """The guest's own rule modules, read by the build (the guest never imports the builder).
 
-`provision/files/hub/hubkiln_hub.py` (settings rules, reserved names) and
-`hubkiln_auth.py` (login rules, secret hashes) are installed into the image's
-hub environment; the build loads the very same files so that a rule exists in
-one place. They need only the standard library and PyYAML at import time.
+`provision/files/hub/` holds the modules installed into the image's hub environment:
+the settings contract (`settings.schema.yaml`, `hubkiln_schema`), the settings rules
+(`hubkiln_hub`), the HTTPS front's rules (`hubkiln_front`) and the login rules
+(`hubkiln_auth`). The build imports the very same files, so that a rule exists in one
+place: importing this module lets `import hubkiln_schema` (and the others) find them,
+without writing __pycache__ into provision/ (its contents are hashed into the
+build's cache keys). They need only the standard library, PyYAML and jsonschema.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
@@ -18,34 +22,60 @@ from types import ModuleType
 HUB_FILES = Path(__file__).resolve().parent.parent / "provision" / "files" / "hub"
 
 
+class _SourceOnly(importlib.machinery.SourceFileLoader):
+    """Loads a guest file without writing its bytecode beside it."""
+
+    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:
+        return None
+
+
+class _GuestModules(importlib.abc.MetaPathFinder):
+    """Finds `hubkiln_*` modules among the guest's hub files."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None):
+        if not name.startswith("hubkiln_") or "." in name:
+            return None
+        file = HUB_FILES / f"{name}.py"
+        if not file.is_file():
+            return None
+        return importlib.util.spec_from_loader(name, _SourceOnly(name, str(file)))
+
+
+if not any(isinstance(finder, _GuestModules) for finder in sys.meta_path):
+    sys.meta_path.append(_GuestModules())
+
+
 def load_module(name: str, path: Path) -> ModuleType:
     """Import the guest file `path` (a program without `.py` too) as module `name`,
-    without writing __pycache__ into provision/ (its contents are hashed into the
-    build's cache keys)."""
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    without writing bytecode into provision/."""
+    loader = _SourceOnly(name, str(path))
     spec = importlib.util.spec_from_loader(name, loader)
     assert spec, f"cannot load {path}"
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look modules up by name
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
+    loader.exec_module(module)
     return module
 
 
-def _load(name: str) -> ModuleType:
-    return load_module(f"hubkiln_guest_{name}", HUB_FILES / f"{name}.py")
+@cache
+def schema() -> ModuleType:
+    """hubkiln_schema: the settings contract and strict YAML reading."""
+    return importlib.import_module("hubkiln_schema")
 
 
 @cache
 def settings() -> ModuleType:
     """hubkiln_hub: the hub settings' rules."""
-    return _load("hubkiln_hub")
+    return importlib.import_module("hubkiln_hub")
+
+
+@cache
+def front() -> ModuleType:
+    """hubkiln_front: the HTTPS front's certificate plan."""
+    return importlib.import_module("hubkiln_front")
 
 
 @cache
 def auth() -> ModuleType:
     """hubkiln_auth: the login rules and the secret-hash format."""
-    return _load("hubkiln_auth")
+    return importlib.import_module("hubkiln_auth")

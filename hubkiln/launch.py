@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
 
 from . import seed
 from .errors import BuildError, HubkilnError, ProblemsError
 from .guest import auth as guest_auth
+from .guest import front as guest_front
+from .guest import schema as guest_schema
 from .guest import settings as guest_settings
 from .preflight import check_host_tools
 from .profile import (
@@ -57,7 +57,6 @@ from .profile import (
     PROJECT_DIR,
     KeyPath,
     Profile,
-    describe_error,
     display_path,
     format_keypath,
     read_yaml_mapping,
@@ -83,20 +82,12 @@ SSH_KEY_FIELDS = {
 }
 MIN_RSA_BITS = 2048
 
-#: Keys whose values may be secret: never echoed in error messages.
-SECRET_KEYS = (("oauth",), ("tls",))
-
 #: The OAuth keys that together describe a generic OIDC provider.
 OIDC_URL_KEYS = ("authorize_url", "token_url", "userdata_url")
 #: Keys that only an LTI 1.3 client has.
 LTI_ONLY_KEYS = ("issuer", "jwks_endpoint")
-#: What each login method of a profile needs under `oauth` (as the image checks it).
-OAUTH_NEEDS = {
-    "github": ("client_id", "client_secret"),
-    "google": ("client_id", "client_secret"),
-    "generic-oauth": ("client_id", "client_secret", *OIDC_URL_KEYS),
-    "lti13": ("client_id", "authorize_url", *LTI_ONLY_KEYS),
-}
+#: What each login method of a profile needs under `oauth` (the image's table).
+OAUTH_NEEDS = guest_settings().OAUTH_NEEDS
 
 #: Bigger files than this are not certificates or keys.
 MAX_PEM_BYTES = 64 * 1024
@@ -109,8 +100,26 @@ USER_DATA_LIMITS = {"AWS": 16 * 1024, "Azure": 64 * 1024 * 3 // 4,
 
 @cache
 def load_launch_schema() -> dict[str, Any]:
-    """Return the launch file schema (hubkiln/launch_schema.yaml) as a dict."""
-    return yaml.safe_load(LAUNCH_SCHEMA_FILE.read_text(encoding="utf-8"))
+    """The launch file's schema: the image's `$defs/launch` (settings contract), whose
+    `tls` may also name PEM files (hubkiln/launch_schema.yaml); those are read and
+    checked in full on the host (resolve_tls), so `tls` requires neither form here."""
+    rules = guest_schema()
+    document = copy.deepcopy(rules.definition("launch"))
+    host = yaml.safe_load(LAUNCH_SCHEMA_FILE.read_text(encoding="utf-8"))
+    tls = document["properties"]["tls"]
+    tls.pop("required", None)
+    tls["description"] = host["tls"]["description"]
+    # PEM text is checked in full on the host, after reading files (check_*_pem).
+    for field in ("certificate", "key"):
+        tls["properties"][field] = {"description": rules.resolve(
+            tls["properties"][field], rules.schema())["description"], "type": "string",
+            "minLength": 1}
+    root = document["properties"]["acme_ca_root"]
+    for key in ("pattern", "x-error"):
+        root.pop(key)
+    root["minLength"] = 1
+    tls["properties"].update(host["tls"]["properties"])
+    return rules.embedding(document)
 
 
 def launch_keys() -> list[str]:
@@ -152,74 +161,12 @@ class Launch:
 # --- messages --------------------------------------------------------------------
 
 
-def is_secret(keypath: KeyPath) -> bool:
-    return any(keypath[:len(secret)] == secret for secret in SECRET_KEYS)
-
-
-def describe_launch_error(error: ValidationError) -> list[tuple[KeyPath, str]]:
-    """Like profile.describe_error, worded for launch files; secrets are never shown."""
-    path: KeyPath = tuple(error.absolute_path)
-    value = error.instance
-    if error.validator == "required":
-        keys = [k for k in error.validator_value if k not in value]
-        return [(path + (k,), f"is missing ({format_keypath(path)} needs "
-                 + ", ".join(error.validator_value) + ")") for k in keys]
-    if error.validator == "pattern" and isinstance(value, str) and "PRIVATE KEY" in value:
-        return [(path, "is a private key: give the public key line (the .pub file) "
-                 "and keep the private key secret")]
-    if error.validator == "pattern" and isinstance(value, str) and value.startswith("ssh-dss "):
-        return [(path, f"{show(value)} is a DSA key, which OpenSSH no longer accepts; "
-                 "make an ed25519 key (ssh-keygen -t ed25519)")]
-    if error.validator == "type" and path[:2] == ("class_schedule", "sessions") \
-            and path[-1] == "start" and isinstance(value, int):
-        return [(path, guest_settings().clock_time(value))]  # 10:30 read as 630
-    described = describe_error(error)
-    if error.validator == "type" and "string" in str(error.validator_value) and (
-            isinstance(value, (bool, int, float))
-            or (value is None and path and isinstance(path[-1], int))):
-        described = [(kp, msg + " (YAML reads unquoted yes, no, on, off, true, false, null "
-                      "and numbers as such: put the value in quotes)") for kp, msg in described]
-    if is_secret(path):
-        hidden = show(value)
-        described = [(kp, "(value hidden)" + msg[len(hidden):] if msg.startswith(hidden)
-                      else msg) for kp, msg in described]
-    return described
-
-
-def find_duplicate_keys(text: str) -> list[tuple[KeyPath, str]]:
-    """Keys set twice in one mapping (YAML keeps only the last one, silently)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return []  # read_yaml_mapping reports the syntax error
-    found: list[tuple[KeyPath, str]] = []
-
-    def walk(node: yaml.Node, path: KeyPath) -> None:
-        if isinstance(node, yaml.MappingNode):
-            lines: dict[str, int] = {}
-            for key_node, value_node in node.value:
-                key = str(key_node.value)
-                line = key_node.start_mark.line + 1
-                if key in lines:
-                    found.append((path + (key,), f"is set twice (lines {lines[key]} and {line}); "
-                                  "only the last would count, so merge them"))
-                lines.setdefault(key, line)
-                walk(value_node, path + (key,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, path + (i,))
-
-    if root is not None:
-        walk(root, ())
-    return found
-
-
 # --- checks beyond the schema --------------------------------------------------------
 
 
 def check_username(name: str) -> str | None:
     """Why a schema-valid user name cannot be used, or None (the guest's own rule)."""
-    return guest_settings().reserved_name_problem(name)
+    return guest_settings().account_name_problem(name)
 
 
 def check_names(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
@@ -293,11 +240,11 @@ def check_ssh_public_key(line: str) -> str | None:
 
 def check_ssh_keys(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     keys = data.get("ssh_authorized_keys")
-    pattern = load_launch_schema()["properties"]["ssh_authorized_keys"]["items"]["pattern"]
-    validator = Draft202012Validator({"type": "string", "pattern": pattern})
+    pattern = guest_schema().pattern("ssh_key")
     problems = []
     for i, line in enumerate(keys if isinstance(keys, list) else []):
-        if validator.is_valid(line) and (problem := check_ssh_public_key(line)):
+        if isinstance(line, str) and pattern.search(line) \
+                and (problem := check_ssh_public_key(line)):
             problems.append((("ssh_authorized_keys", i), f"{show(line)} {problem}"))
     return problems
 
@@ -431,7 +378,7 @@ def check_acme_ca(data: dict[str, Any], openssl: str | None) -> list[tuple[KeyPa
     """`acme_ca` and `acme_ca_root` together with `domain` (the guest's own rule), and
     the root as a readable, unexpired PEM certificate."""
     problems: list[tuple[KeyPath, str]] = [
-        ((key,), problem) for key, problem in guest_settings().acme_problems(data)]
+        ((key,), problem) for key, problem in guest_front().acme_problems(data)]
     root = data.get("acme_ca_root")
     if not isinstance(root, str):
         return problems
@@ -519,9 +466,8 @@ def validate_launch_data(
     data: dict[str, Any], *, base_dir: Path, openssl: str | None
 ) -> tuple[dict[str, Any] | None, list[tuple[KeyPath, str]]]:
     """Check a launch mapping in full. Return (normalised document or None, problems)."""
-    found: list[tuple[KeyPath, str]] = []
-    for error in Draft202012Validator(load_launch_schema()).iter_errors(data):
-        found.extend(describe_launch_error(error))
+    found = guest_schema().check_against(load_launch_schema(), data,
+                                         missing="is missing ({parent} needs {needs})")
     found.extend(check_names(data))
     found.extend(check_ssh_keys(data))
     found.extend(check_oauth(data))
@@ -557,7 +503,6 @@ def load_launch(path: str | os.PathLike, *, openssl: str | None | bool = True) -
     assert data is not None
     tool = default_openssl() if openssl is True else (openssl or None)
     doc, found = validate_launch_data(data, base_dir=path.resolve().parent, openssl=tool)
-    found = find_duplicate_keys(path.read_text(encoding="utf-8")) + found
     if found or doc is None:
         raise LaunchError(sorted({f"{where}: {format_keypath(kp)}: {msg}" for kp, msg in found}))
     return Launch(data=doc, source=path)
@@ -574,8 +519,9 @@ def demo_launch(hostname: str = "hubkiln-demo") -> Launch:
 
 def check_launch_for_profile(launch: Launch, profile: Profile) -> list[str]:
     """Problems of using `launch` with `profile`'s image (login method, TLS mode)."""
-    problems = []
     auth = profile["hub"]["authenticator"]
+    problems = [f"{launch.where}: {problem}" for key in ("admins", "users")
+                for problem in guest_settings().login_name_problems(auth, key, launch[key])]
     oauth = launch["oauth"] or {}
     image = f"the profile {show(profile.name)}"
     missing = [key for key in OAUTH_NEEDS.get(auth, ()) if key not in oauth]
@@ -679,16 +625,22 @@ def prestart_summary(data: dict[str, Any]) -> str:
             f"{schedule['memory_reserve']} of free memory")
 
 
-def summarize(launch: Launch) -> list[str]:
-    """One line per setting, for the terminal (secrets are not shown)."""
+def https_summary(data: dict[str, Any], tls_mode: str | None) -> str:
+    """What the front will serve, by the image's own plan (hubkiln_front.plan_front) for
+    an image with `tls_mode` (the profile's `tls.mode`; None: `auto`, the default)."""
+    rules = guest_front()
+    front, problems = rules.plan_front(tls_mode or "auto", data)
+    if problems:
+        return "not planned: " + "; ".join(problems)
+    what = rules.front_description(front)
+    return what if tls_mode else f"{what} (if the image's tls.mode is auto; --profile checks)"
+
+
+def summarize(launch: Launch, tls_mode: str | None = None) -> list[str]:
+    """One line per setting, for the terminal (secrets are not shown); `tls_mode`: the
+    image's `tls.mode`, when the profile is known."""
     data = launch.data
-    if data["tls"]:
-        tls = "the certificate given in `tls`"
-    elif data["domain"]:
-        ca = data["acme_ca"] or "Let's Encrypt"
-        tls = f"ACME ({ca}) for {data['domain']}, self-signed until it issues"
-    else:
-        tls = "self-signed (made at first boot)"
+    tls = https_summary(data, tls_mode)
     login = "the login provider given in `oauth`" if data["oauth"] else \
         "the image's login method (roster names)"
     return [
@@ -843,51 +795,10 @@ EXAMPLE_END = "<!-- launch-example:end -->"
 EXAMPLE_FILE = PROJECT_DIR / "examples" / "launch.yaml"
 
 
-def _resolve(node: dict[str, Any]) -> dict[str, Any]:
-    ref = node.get("$ref", "")
-    if ref.startswith("#/$defs/"):
-        return load_launch_schema()["$defs"][ref.removeprefix("#/$defs/")]
-    return node
-
-
-def _allowed(node: dict[str, Any]) -> str:
-    """What a key accepts, in words (Markdown table cells cannot hold `|`)."""
-    kinds = node.get("type", "")
-    kinds = kinds if isinstance(kinds, list) else [kinds]
-    names = {"object": "mapping", "array": "list"}
-    if "array" in kinds and "items" in node:
-        inner = _resolve(node["items"])
-        if node["items"].get("$ref"):
-            return "list of user names"
-        if "enum" in inner:
-            return "list of " + ", ".join(f"`{choice}`" for choice in inner["enum"])
-        return f"list of {names.get(inner['type'], inner['type'])}s"
-    return " or ".join(names.get(k, k) for k in kinds)
-
-
-def _default(node: dict[str, Any]) -> str:
-    if "default" not in node:
-        return ""
-    text = yaml.safe_dump(node["default"], default_flow_style=True).strip()
-    return f"`{text.removesuffix('...').strip()}`"
-
-
 def render_launch_reference() -> str:
     """The Markdown table of every launch key: allowed values, default, meaning."""
-    lines = ["| key | allowed | default | meaning |", "|---|---|---|---|"]
-
-    def rows(node: dict[str, Any], prefix: str) -> None:
-        for key, child in node.get("properties", {}).items():
-            path = f"{prefix}.{key}" if prefix else key
-            text = " ".join(child.get("description", "").split())
-            lines.append(f"| `{path}` | {_allowed(child)} | {_default(child)} | {text} |")
-            if "properties" in child:
-                rows(child, path)
-            if "properties" in child.get("items", {}):
-                rows(child["items"], f"{path}[]")
-
-    rows(load_launch_schema(), "")
-    return "\n".join(lines) + "\n"
+    from .reference import render_table  # reference imports profile, as this module does
+    return render_table(load_launch_schema())
 
 
 def render_example_block(example: Path = EXAMPLE_FILE) -> str:

@@ -14,8 +14,6 @@ profile cannot remove a key that the profile it extends sets (only override).
 from __future__ import annotations
 
 import copy
-import difflib
-import json
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -23,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
 
 from .errors import ProfileError
+from .guest import schema as guest_schema
 from .guest import settings as guest_settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -40,8 +37,9 @@ KeyPath = tuple[str | int, ...]
 
 @cache
 def load_schema() -> dict[str, Any]:
-    """Return the profile schema (hubkiln/schema.yaml) as a dict."""
-    return yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
+    """The profile schema (hubkiln/schema.yaml) with the image's settings contract
+    embedded (its `$defs`, which the hub's keys `$ref`)."""
+    return guest_schema().embedding(yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8")))
 
 
 @dataclass(frozen=True)
@@ -70,100 +68,12 @@ def display_path(path: Path) -> str:
 
 def format_keypath(keypath: KeyPath) -> str:
     """Render ('hub', 'limits', 'memory') as `hub.limits.memory`, indices as `[0]`."""
-    out = ""
-    for part in keypath:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
+    return guest_schema().format_keypath(keypath)
 
 
 def show(value: Any) -> str:
     """Render a YAML value the way the user wrote it, for error messages."""
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, (int, float)):
-        return str(value)
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_TYPE_NAMES = {
-    "string": "a string",
-    "number": "a number",
-    "integer": "a whole number",
-    "boolean": "true or false",
-    "array": "a list",
-    "object": "a mapping",
-    "null": "null",
-}
-
-
-def _type_of(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "a whole number"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def describe_error(error: ValidationError) -> list[tuple[KeyPath, str]]:
-    """Turn one jsonschema error into (key path, message) pairs a teacher can act on."""
-    path: KeyPath = tuple(error.absolute_path)
-    value = error.instance
-    schema = error.schema if isinstance(error.schema, dict) else {}
-    kind = error.validator
-    if kind == "additionalProperties":
-        allowed = sorted(schema.get("properties", {}))
-        out = []
-        for key in sorted(set(value) - set(allowed)):
-            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
-            out.append((path + (key,), f"unknown key '{key}' ({hint})"))
-        return out
-    if kind == "required":
-        missing = error.validator_value
-        keys = [k for k in missing if k not in value] if isinstance(value, dict) else missing
-        return [(path + (k,), "is missing (every profile must set it or extend one that does)")
-                for k in keys]
-    if kind == "type":
-        wanted = error.validator_value
-        wanted = wanted if isinstance(wanted, list) else [wanted]
-        names = " or ".join(_TYPE_NAMES.get(w, w) for w in wanted)
-        return [(path, f"{show(value)} is {_type_of(value)}, expected {names}")]
-    if kind == "enum":
-        choices = ", ".join(str(c) for c in error.validator_value)
-        return [(path, f"{show(value)} is not one of: {choices}")]
-    if kind == "pattern":
-        message = schema.get("x-error", f"does not match {error.validator_value}")
-        return [(path, f"{show(value)} {message}")]
-    if kind == "exclusiveMinimum":
-        return [(path, f"{show(value)} must be greater than {error.validator_value}")]
-    if kind == "minimum":
-        return [(path, f"{show(value)} is below the minimum of {error.validator_value}")]
-    if kind == "maximum":
-        return [(path, f"{show(value)} is above the maximum of {error.validator_value}")]
-    if kind == "minItems":
-        return [(path, f"must list at least {error.validator_value} item(s)")]
-    if kind == "minLength":
-        return [(path, "must not be empty")]
-    if kind == "uniqueItems":
-        dups = sorted({show(v) for v in value if value.count(v) > 1})
-        return [(path, f"lists {', '.join(dups)} more than once")]
-    return [(path, error.message)]
+    return guest_schema().show(value)
 
 
 # --- reading and merging ---------------------------------------------------------
@@ -178,17 +88,17 @@ def read_yaml_mapping(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
         return None, [f"{where}: no such profile file"]
     except OSError as exc:
         return None, [f"{where}: cannot be read: {exc.strerror}"]
+    except UnicodeDecodeError:
+        return None, [f"{where}: is not UTF-8 text"]
+    rules = guest_schema()
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        return None, [f"{where}: {line}YAML syntax error: {problem}"]
+        data = rules.read_yaml(text, where)
+    except rules.YamlError as exc:
+        return None, exc.problems
     if data is None:
         return None, [f"{where}: the file is empty; a profile needs at least `name`"]
     if not isinstance(data, dict):
-        return None, [f"{where}: (top level): {_type_of(data)}, expected a mapping of keys"]
+        return None, [f"{where}: (top level): {rules.type_of(data)}, expected a mapping of keys"]
     return data, []
 
 
@@ -224,7 +134,8 @@ def read_chain(path: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]
         else:
             explicit = True
         if not isinstance(ref, str) or not ref:
-            return chain, [f"{display_path(current)}: extends: {show(ref)} is {_type_of(ref)}, "
+            return chain, [f"{display_path(current)}: extends: {show(ref)} is "
+                           f"{guest_schema().type_of(ref)}, "
                            "expected the name or path of a profile"]
         target = resolve_extends(ref, current)
         where = f"{display_path(current)}: extends"
@@ -308,11 +219,19 @@ def check_paths(
 
 
 def check_admin_names(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
-    """Admin names the image would refuse (the guest's reserved-name rule)."""
-    problems = []
-    for i, name in enumerate(_list_at(data, "hub", "admins")):
-        if isinstance(name, str) and (problem := guest_settings().reserved_name_problem(name)):
+    """Admin names the image would refuse (the guest's rules: reserved names, and Unix
+    names with a password login)."""
+    rules = guest_settings()
+    problems: list[tuple[KeyPath, str]] = []
+    admins = _list_at(data, "hub", "admins")
+    for i, name in enumerate(admins):
+        if isinstance(name, str) and (problem := rules.account_name_problem(name)):
             problems.append((("hub", "admins", i), problem))
+    authenticator = data.get("hub", {}).get("authenticator") \
+        if isinstance(data.get("hub"), dict) else None
+    if isinstance(authenticator, str):
+        for problem in rules.login_name_problems(authenticator, "admins", admins):
+            problems.append((("hub", "admins"), problem.removeprefix("admins: ")))
     return problems
 
 
@@ -341,10 +260,10 @@ def load_profile(ref: str | os.PathLike, profiles_dir: Path = PROFILES_DIR) -> P
     data.pop("extends", None)
     top = chain[-1][0]
 
-    found: list[tuple[KeyPath, str]] = []
-    validator = Draft202012Validator(load_schema())
-    for error in validator.iter_errors(data):
-        found.extend(describe_error(error))
+    schema = load_schema()
+    data = guest_schema().fill_defaults(data, schema, schema)
+    found = guest_schema().check_against(
+        schema, data, missing="is missing (every profile must set it or extend one that does)")
     path_problems, resolved = check_paths(data, provenance)
     found.extend(path_problems)
     found.extend(check_admin_names(data))
@@ -367,9 +286,7 @@ def load_profile(ref: str | os.PathLike, profiles_dir: Path = PROFILES_DIR) -> P
 
 # --- sizes ----------------------------------------------------------------------------
 
-_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
 
 def parse_size(text: str) -> int:
-    """Parse a schema-valid size like `2G` or `1.5G` (binary units) into bytes."""
-    return int(float(text[:-1]) * _UNITS[text[-1]])
+    """Bytes of a schema-valid size like `2G` or `1.5G` (binary units): the image's reading."""
+    return guest_schema().parse_size(text)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .profile import PROJECT_DIR, Profile
 
 PROVISION_DIR = PROJECT_DIR / "provision"
@@ -28,6 +30,9 @@ GUEST_PROVISION_DIR = "/run/hubkiln-build/provision"
 #: Where the build stages the profile's content folders inside the tree (or the
 #: guest) for 60-content.sh; /var/tmp is emptied by the seal.
 CONTENT_STAGING = "/var/tmp/hubkiln-content"
+#: Where the build puts the profile's hub settings drop-in inside the tree (or the
+#: guest) for 50-hub-config.sh, which installs it as hub.d/00-profile.yaml.
+HUB_SETTINGS_STAGING = "/var/tmp/hubkiln-settings/00-profile.yaml"
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,9 @@ STEPS: tuple[Step, ...] = (
          ("HUBKILN_PYTHON_PACKAGES", "HUBKILN_KERNEL_DISPLAY_NAME"),
          files=("user-requirements.txt", "uv-requirements.txt")),
     Step("50-hub-config.sh", "config", "hub configuration, helpers and units",
-         ("HUBKILN_HUB_SETTINGS",), files=("hub", "bin", "systemd")),
+         ("HUBKILN_HUB_SETTINGS_FILE",), files=("hub", "bin", "systemd")),
     Step("60-content.sh", "config", "course material, read-only", ("HUBKILN_CONTENT_SRC",)),
-    Step("70-https.sh", "config", "the HTTPS front (Caddy)", ("HUBKILN_HUB_SETTINGS",),
-         files=("systemd",)),
+    Step("70-https.sh", "config", "the HTTPS front (Caddy)", files=("systemd",)),
     Step("75-data-disk.sh", "config", "/home on an optional data disk; the new-term tool",
          files=("data",)),
     Step("80-hardening.sh", "config", "OS hardening (HARDENING.md)", ("HUBKILN_HARDENING",),
@@ -88,7 +92,8 @@ def script_path(step: Step) -> Path:
 
 
 def hub_settings(profile: Profile) -> dict[str, Any]:
-    """The profile's hub settings as 50-hub-config.sh bakes them into hub.d/00-profile.yaml."""
+    """The profile's hub settings: the drop-in hub.d/00-profile.yaml of the image
+    (`$defs/hub` of the settings contract, which the profile's keys `$ref`)."""
     hub = profile["hub"]
     return {
         "authenticator": hub["authenticator"],
@@ -100,6 +105,14 @@ def hub_settings(profile: Profile) -> dict[str, Any]:
         "kernel_display_name": profile["environment"]["kernel_display_name"],
         "tls": {"mode": profile["tls"]["mode"], "acme_email": profile["tls"]["acme_email"]},
     }
+
+
+def render_hub_settings(profile: Profile) -> str:
+    """The text of the profile's drop-in, as 50-hub-config.sh installs it."""
+    return (f"# The hub settings of the course profile {profile.name!r}, baked by hubkiln\n"
+            "# (provision/50-hub-config.sh). Later drop-ins (50-launch.yaml, from the launch\n"
+            "# settings) override them.\n"
+            + yaml.safe_dump(hub_settings(profile), sort_keys=False, default_flow_style=False))
 
 
 def hardening_settings(profile: Profile) -> dict[str, Any]:
@@ -122,8 +135,7 @@ def provision_env(profile: Profile) -> dict[str, str]:
         "HUBKILN_APT_PROXY": base["apt_proxy"] or "",
         "HUBKILN_PYTHON_PACKAGES": "\n".join(env["python_packages"]),
         "HUBKILN_KERNEL_DISPLAY_NAME": env["kernel_display_name"],
-        "HUBKILN_HUB_SETTINGS": json.dumps(hub_settings(profile), sort_keys=True,
-                                           separators=(",", ":")),
+        "HUBKILN_HUB_SETTINGS_FILE": HUB_SETTINGS_STAGING,
         "HUBKILN_CONTENT_SRC": CONTENT_STAGING if profile["content"]["folders"] else "",
         "HUBKILN_HARDENING": json.dumps(hardening_settings(profile), sort_keys=True,
                                         separators=(",", ":")),

@@ -27,7 +27,14 @@ import jinja2
 from . import __version__
 from .hcl import to_hcl
 from .profile import PROJECT_DIR, Profile, parse_size
-from .provision import CONTENT_STAGING, GUEST_PROVISION_DIR, provision_env, steps_in
+from .provision import (
+    CONTENT_STAGING,
+    GUEST_PROVISION_DIR,
+    HUB_SETTINGS_STAGING,
+    provision_env,
+    render_hub_settings,
+    steps_in,
+)
 
 TEMPLATE_DIR = PROJECT_DIR / "packer"
 #: Where builds leave their outputs; HUBKILN_OUTPUT moves it (tests use their own).
@@ -88,6 +95,27 @@ def build_variables(profile: Profile, out: Path) -> list[Variable]:
     ]
 
 
+def prepare_commands() -> list[str]:
+    """The first shell lines in the build VM: wait for cloud-init (exit status 2 means
+    "done, with recoverable errors", not a reason to stop), then make the folder that
+    receives provision/, owned by the build user who uploads it."""
+    return ["sudo -n cloud-init status --wait >/dev/null || [ $? -eq 2 ]",
+            f"sudo -n mkdir -p {GUEST_PROVISION_DIR}",
+            f"sudo -n chown \"$(id -u)\" {GUEST_PROVISION_DIR}"]
+
+
+def cloud_staging_commands(with_content: bool) -> list[str]:
+    """Folders a cloud builder uploads the hub settings (and the course material) into."""
+    folders = [HUB_SETTINGS_STAGING.rsplit("/", 1)[0], *([CONTENT_STAGING] if with_content
+                                                          else [])]
+    return [f"mkdir -p {' '.join(folders)}"]
+
+
+def disk_size_gib(size_mib: int) -> int:
+    """Whole GiB for the cloud builders' volume sizes, rounded up."""
+    return -(-size_mib // 1024)
+
+
 def guest_commands(scripts: list[str]) -> list[str]:
     """Shell lines that run provision scripts from the uploaded folder, in order."""
     return [f"bash {GUEST_PROVISION_DIR}/{script}" for script in scripts]
@@ -133,12 +161,12 @@ def render_context(profile: Profile, out: Path) -> dict[str, Any]:
         "image_name": f"hubkiln-{profile.name}",
         "os": profile["base"]["os"],
         "disk_size_mib": parse_size(profile["base"]["disk_size"]) // (1 << 20),
+        "disk_size_gib": disk_size_gib(parse_size(profile["base"]["disk_size"]) // (1 << 20)),
         "variables": build_variables(profile, out),
         "build_user": BUILD_USER,
         "guest_provision_dir": GUEST_PROVISION_DIR,
         "shutdown_command": shutdown_command(),
-        # Exit status 2 means "done, with recoverable errors": not a reason to stop.
-        "wait_for_cloud_init": "sudo -n cloud-init status --wait >/dev/null || [ $? -eq 2 ]",
+        "prepare_commands": prepare_commands(),
         "qemu_args": qemu_args(),
         "provision_env": [f"{k}={v}" for k, v in sorted(provision_env(profile).items())],
         "execute_command": execute_command(),
@@ -147,6 +175,10 @@ def render_context(profile: Profile, out: Path) -> dict[str, Any]:
         "cloud_builders": list(profile["outputs"]["cloud_builders"]),
         "content_folders": list(profile["content"]["folders"]),
         "content_staging": CONTENT_STAGING,
+        # Cloud builders upload the hub settings drop-in written beside the templates.
+        "hub_settings_file": str(out / "packer" / HUB_SETTINGS_FILE),
+        "hub_settings_staging": HUB_SETTINGS_STAGING,
+        "cloud_staging_commands": cloud_staging_commands(bool(profile["content"]["folders"])),
     }
 
 
@@ -171,10 +203,15 @@ def make_environment(template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:
     return environment
 
 
+#: The profile's hub settings drop-in, written beside the rendered templates.
+HUB_SETTINGS_FILE = "hub-settings.yaml"
+
+
 def render_templates(
     profile: Profile, out: Path | None = None, template_dir: Path = TEMPLATE_DIR
 ) -> Path:
-    """Render `packer/*.pkr.hcl.j2` into `<out>/packer/` atomically; return that folder."""
+    """Render `packer/*.pkr.hcl.j2` into `<out>/packer/` atomically, with the profile's
+    hub settings drop-in beside them (HUB_SETTINGS_FILE); return that folder."""
     out = out or output_dir(profile)
     context = render_context(profile, out)
     environment = make_environment(template_dir)
@@ -187,6 +224,7 @@ def render_templates(
     try:
         for name, text in rendered.items():
             (staging / name).write_text(text, encoding="utf-8")
+        (staging / HUB_SETTINGS_FILE).write_text(render_hub_settings(profile), encoding="utf-8")
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)

@@ -9,8 +9,9 @@
 #   HUBKILN_PYTHON_PACKAGES      optional, requirement specifiers separated by
 #                                spaces or newlines (e.g. "networkx pulp==2.9.0")
 #   HUBKILN_KERNEL_NAME          optional, kernelspec name (default python3)
-#   HUBKILN_KERNEL_DISPLAY_NAME  optional, name shown in the launcher
-#                                (default "Python 3 (ipykernel)")
+#   HUBKILN_KERNEL_DISPLAY_NAME  required, name shown in the launcher (the profile's
+#                                environment.kernel_display_name; its default is the
+#                                hub's, in files/hub/settings.schema.yaml)
 #   HUBKILN_UV                   optional, path to a uv binary to use
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
@@ -21,7 +22,8 @@ USER_ENV="$HUBKILN_PREFIX/user"
 BASE="$HUBKILN_FILES/user-requirements.txt"
 STAMP="$USER_ENV/.hubkiln-inputs"
 KERNEL_NAME="${HUBKILN_KERNEL_NAME:-python3}"
-KERNEL_DISPLAY_NAME="${HUBKILN_KERNEL_DISPLAY_NAME:-Python 3 (ipykernel)}"
+KERNEL_DISPLAY_NAME="${HUBKILN_KERNEL_DISPLAY_NAME:-}"
+[[ -n "$KERNEL_DISPLAY_NAME" ]] || die "HUBKILN_KERNEL_DISPLAY_NAME is empty: give the kernel's name in the launcher"
 command -v python3 >/dev/null || die "python3 is missing: run 10-apt-packages.sh first"
 
 [[ "$KERNEL_NAME" =~ ^[A-Za-z0-9._-]+$ ]] \

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The hub's configuration and services: /etc/hubkiln/jupyterhub_config.py (static;
 # it reads /etc/hubkiln/hub.d/*.yaml), the profile's settings as
-# /etc/hubkiln/hub.d/00-profile.yaml, the hub's own modules in its venv (hubkiln_hub
-# settings, hubkiln_auth logins, hubkiln_spawner students' servers, hubkiln_schedule
-# and hubkiln_prestart: pre-starting
-# servers before classes), the helpers in /usr/local/sbin (hubkiln-firstboot,
+# /etc/hubkiln/hub.d/00-profile.yaml, the hub's own modules in its venv (the settings
+# contract settings.schema.yaml with hubkiln_schema, hubkiln_hub settings rules,
+# hubkiln_front the HTTPS front's rules, hubkiln_auth logins, hubkiln_spawner
+# students' servers, hubkiln_schedule and hubkiln_prestart: pre-starting servers
+# before classes), the helpers in /usr/local/sbin (hubkiln-firstboot,
 # hubkiln-apply-launch, hubkiln-prepare-user), the accounts and groups the hub uses,
 # and the units jupyterhub, jupyterhub-proxy and hubkiln-firstboot (enabled, not started).
 # No secret is made here: hubkiln-firstboot makes them at first boot.
 #
 # Inputs:
-#   HUBKILN_HUB_SETTINGS  optional, JSON object of hub settings (see
-#                         files/hub/hubkiln_hub.py, HUB_SPEC): authenticator, admins,
-#                         limits, idle_culling, default_ui, content.delivery,
-#                         kernel_display_name, tls.mode, tls.acme_email. Empty: defaults.
+#   HUBKILN_HUB_SETTINGS_FILE  optional, a hub settings drop-in (YAML, $defs/hub of
+#                         files/hub/settings.schema.yaml: the build writes the profile's
+#                         authenticator, admins, limits, idle_culling, default_ui,
+#                         content.delivery, kernel_display_name and tls). It is checked,
+#                         then installed as 00-profile.yaml. Empty: the schema's defaults.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -28,9 +30,11 @@ UNITS=(hubkiln-firstboot.service jupyterhub-proxy.service jupyterhub.service)
 [[ -x "$HUB_PY" ]] || die "$HUB_PY is missing: run 20-hub-env.sh first"
 command -v openssl >/dev/null || die "openssl is missing (hubkiln-firstboot needs it): run 10-apt-packages.sh first"
 
-announce "installing the modules hubkiln_hub (settings), hubkiln_auth (logins), hubkiln_spawner (students' servers), hubkiln_schedule and hubkiln_prestart (pre-start before classes) into the hub environment"
+announce "installing the settings contract (settings.schema.yaml, hubkiln_schema) and the modules hubkiln_hub (settings), hubkiln_front (HTTPS front), hubkiln_auth (logins), hubkiln_spawner (students' servers), hubkiln_schedule and hubkiln_prestart (pre-start before classes) into the hub environment"
 site="$("$HUB_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-for module in hubkiln_hub hubkiln_auth hubkiln_spawner hubkiln_schedule hubkiln_prestart; do
+install -m 0644 -o root -g root "$SRC/hub/settings.schema.yaml" "$site/settings.schema.yaml"
+for module in hubkiln_schema hubkiln_hub hubkiln_front hubkiln_auth hubkiln_spawner \
+    hubkiln_schedule hubkiln_prestart; do
     install -m 0644 -o root -g root "$SRC/hub/$module.py" "$site/$module.py"
     "$HUB_PY" -m compileall -q "$site/$module.py"
 done
@@ -40,14 +44,19 @@ done
     || die "the pre-start service hubkiln_prestart does not load in the hub environment"
 check_root_owned "$site/__pycache__"
 
-announce "writing $ETC/hub.d/00-profile.yaml from HUBKILN_HUB_SETTINGS"
 install -d -m 0755 -o root -g root "$ETC" "$ETC/hub.d"
-settings="${HUBKILN_HUB_SETTINGS:-}"
-[[ -n "$settings" ]] || settings='{}'
-# The module checks the JSON (every problem at once) and refuses OAuth secrets.
-printf '%s' "$settings" | "$HUB_PY" -m hubkiln_hub profile-yaml >"$ETC/hub.d/.00-profile.yaml.new"
-chmod 0644 "$ETC/hub.d/.00-profile.yaml.new"
-mv -f "$ETC/hub.d/.00-profile.yaml.new" "$ETC/hub.d/00-profile.yaml"
+settings="${HUBKILN_HUB_SETTINGS_FILE:-}"
+if [[ -n "$settings" ]]; then
+    announce "checking $settings and installing it as $ETC/hub.d/00-profile.yaml"
+    [[ -f "$settings" ]] || die "HUBKILN_HUB_SETTINGS_FILE=$settings: no such file"
+    # Every problem at once, located; an OAuth client is refused (given at launch only).
+    "$HUB_PY" -m hubkiln_hub check-dropin "$settings" || die "$settings: not hub settings (above)"
+    install -m 0644 -o root -g root "$settings" "$ETC/hub.d/.00-profile.yaml.new"
+    mv -f "$ETC/hub.d/.00-profile.yaml.new" "$ETC/hub.d/00-profile.yaml"
+else
+    announce "no HUBKILN_HUB_SETTINGS_FILE: the hub keeps the schema's defaults"
+    rm -f "$ETC/hub.d/00-profile.yaml"
+fi
 
 announce "installing $ETC/jupyterhub_config.py"
 install -m 0644 -o root -g root "$SRC/hub/jupyterhub_config.py" "$ETC/jupyterhub_config.py"

@@ -11,8 +11,8 @@
 # boot, on the data disk when there is one). No key and no front config are
 # baked: only the empty folders.
 #
-# Inputs: none (tls.mode and tls.acme_email reach the image through
-# HUBKILN_HUB_SETTINGS, see 50-hub-config.sh).
+# Inputs: none (tls.mode and tls.acme_email are hub settings: 50-hub-config.sh bakes
+# them; files/hub/hubkiln_front.py holds the front's rules).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -21,7 +21,7 @@ require_root
 HUB_PY="$HUBKILN_PREFIX/hub/bin/python"
 [[ -x /usr/bin/caddy ]] || die "caddy is missing: add it to 10-apt-packages.sh's base packages"
 getent group caddy >/dev/null || die "the caddy package did not create its group 'caddy'"
-"$HUB_PY" -c 'import hubkiln_hub' 2>/dev/null || die "hubkiln_hub is missing: run 50-hub-config.sh first"
+"$HUB_PY" -c 'import hubkiln_front' 2>/dev/null || die "hubkiln_front is missing: run 50-hub-config.sh first"
 
 announce "creating /etc/hubkiln/front and /etc/hubkiln/tls (0750 root:caddy; keys come at boot)"
 install -d -m 0755 -o root -g root /etc/hubkiln/front
@@ -38,9 +38,9 @@ systemctl enable hubkiln-front.service hubkiln-front-check.timer
 
 announce "checking that caddy accepts the front configs (self-signed; ACME before and after issuing)"
 make_scratch
-"$HUB_PY" -m hubkiln_hub caddyfile self-signed >"$SCRATCH/self-signed"
-"$HUB_PY" -m hubkiln_hub caddyfile acme hub.hubkiln.test >"$SCRATCH/acme"
-"$HUB_PY" -m hubkiln_hub caddyfile acme-issued hub.hubkiln.test >"$SCRATCH/acme-issued"
+"$HUB_PY" -m hubkiln_front caddyfile self-signed >"$SCRATCH/self-signed"
+"$HUB_PY" -m hubkiln_front caddyfile acme hub.hubkiln.test >"$SCRATCH/acme"
+"$HUB_PY" -m hubkiln_front caddyfile acme-issued hub.hubkiln.test >"$SCRATCH/acme-issued"
 for config in self-signed acme acme-issued; do
     # HOME: caddy leaves a .step folder in its home; keep it in the scratch dir.
     HOME="$SCRATCH" caddy adapt --config "$SCRATCH/$config" --adapter caddyfile >/dev/null

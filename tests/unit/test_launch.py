@@ -173,14 +173,31 @@ def test_all_problems_are_reported_at_once(in_tmp):
     assert all(p.startswith("launch.yaml: ") for p in problems)
 
 
-@pytest.mark.parametrize("name", ["Alice", "../x", "a b", "a" * 33, "1abc", "-x", "", "a.b",
-                                  "x/y", "bob\n"])
+@pytest.mark.parametrize("name", ["Alice", "../x", "a b", "-x", "", "x/y", "bob\n", "a" * 101,
+                                  ".x", "a:b", "é"])
 def test_absurd_user_names_are_refused(in_tmp, name):
     path = write(in_tmp, "")
     path.write_text(yaml.safe_dump({"admins": ["teacher"], "users": [name]}))
     problem = the_problem(path)
     assert problem.startswith("launch.yaml: users[0]: ")
     assert "is not a user name" in problem
+
+
+@pytest.mark.parametrize("name", ["a" * 33, "1abc", "a.b", "ada@uni.example.org", "x+y"])
+def test_login_provider_names_need_a_login_provider(in_tmp, name):
+    """A login provider's names (e-mails, GitHub names with digits first) are fine in a
+    launch file; an image with a password login refuses them (they are not Unix names)."""
+    path = write(in_tmp, "")
+    path.write_text(yaml.safe_dump({"admins": ["teacher"], "users": [name],
+                                    "domain": "hub.example.org",
+                                    "oauth": {"client_id": "i", "client_secret": "s"}}))
+    launch = load_launch(path)
+    ci = load_profile("ci")
+    assert check_launch_for_profile(launch, with_hub(ci, hub={"authenticator": "github"})) == []
+    (problem,) = check_launch_for_profile(
+        Launch(data={**launch.data, "oauth": None, "domain": None}, source=path), ci)
+    assert problem.startswith("launch.yaml: users: ")
+    assert "with the 'firstuse' login, names must be Unix user names" in problem
 
 
 @pytest.mark.parametrize("name", ["root", "admin", "sudo", "adm", "ubuntu", "nobody",
@@ -335,8 +352,8 @@ def test_top_level_must_be_a_mapping(in_tmp):
 
 def test_a_key_set_twice_is_refused(in_tmp):
     problem = the_problem(write(in_tmp, "users: [alice]\nadmins: [t]\nusers: [bob]\n"))
-    assert problem == ("launch.yaml: users: is set twice (lines 1 and 3); only the last would "
-                       "count, so merge them")
+    assert problem == ("launch.yaml: line 3: users: is set twice (lines 1 and 3); only the last "
+                       "would count, so merge them")
 
 
 # --- TLS --------------------------------------------------------------------------------------
@@ -725,7 +742,9 @@ def test_hashes_must_name_listed_people(in_tmp):
                                   f"enrolment_code_hashes: {{teacher: 'nope'}}\n"))
     text = "\n".join(info.value.problems)
     assert "admin_password_hashes.bob: 'bob' is not in `admins`" in text
-    assert "enrolment_code_hashes.teacher: 'nope' is not a bcrypt" in text
+    # A mistyped code or password in place of its hash is never echoed.
+    assert "enrolment_code_hashes.teacher: (value hidden) is not a bcrypt" in text
+    assert "nope" not in text
 
 
 def test_invoke_seed_writes_nothing_on_errors(tmp_path):
@@ -765,12 +784,18 @@ def test_an_acme_ca_with_its_root_loads_and_is_summarized(in_tmp):
                                     "acme_ca": UNI_CA, "acme_ca_root": root.read_text()}))
     launch = load_launch(path)
     assert launch["acme_ca"] == UNI_CA and launch["acme_ca_root"] == root.read_text()
-    assert summarize(launch)[-1] == (f"HTTPS: ACME ({UNI_CA}) for hub.example.org, "
-                                     "self-signed until it issues")
+    assert summarize(launch, "auto")[-1] == (f"HTTPS: ACME ({UNI_CA}) for hub.example.org, "
+                                             "self-signed until it issues")
     plain = load_launch(write(in_tmp, "users: [a]\ndomain: hub.example.org\n", "le.yaml"))
-    assert summarize(plain)[-1] == ("HTTPS: ACME (Let's Encrypt) for hub.example.org, "
-                                    "self-signed until it issues")
+    assert summarize(plain, "auto")[-1] == ("HTTPS: ACME (Let's Encrypt) for hub.example.org, "
+                                            "self-signed until it issues")
     assert "Let's Encrypt for" not in " ".join(summarize(launch) + summarize(plain))
+    # Without the profile the summary says which image it assumes.
+    assert summarize(plain)[-1].endswith("(if the image's tls.mode is auto; --profile checks)")
+    # The image's own plan: a self-signed image ignores the domain, a provided one needs tls.
+    assert summarize(plain, "self-signed")[-1] == "HTTPS: self-signed"
+    assert summarize(plain, "provided")[-1].startswith("HTTPS: not planned: tls: this image's "
+                                                       "tls.mode is 'provided'")
 
 
 @pytest.mark.parametrize(("text", "key", "words"), [
@@ -812,4 +837,4 @@ def test_a_local_launch_drops_the_acme_ca_with_the_domain(in_tmp):
     launch, notes = local_launch(load_launch(path, openssl=None))
     assert launch["domain"] is None and launch["acme_ca"] is None and notes
     # What the image then receives passes the image's own rule.
-    assert guest.settings().acme_problems(launch.data) == []
+    assert guest.front().acme_problems(launch.data) == []

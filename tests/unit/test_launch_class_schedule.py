@@ -5,13 +5,13 @@ schedules, naming the same key, and the schedule reaches the hub's settings inta
 from __future__ import annotations
 
 import dataclasses
-import json
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
+from hubkiln import guest
 from hubkiln.guest import load_module
 from hubkiln.launch import (
     LaunchError,
@@ -22,7 +22,7 @@ from hubkiln.launch import (
     summarize,
 )
 from hubkiln.profile import load_profile
-from hubkiln.provision import hub_settings
+from hubkiln.provision import hub_settings, render_hub_settings
 
 PROJECT = Path(__file__).resolve().parents[2]
 hub = load_module("hubkiln_hub", PROJECT / "provision" / "files" / "hub" / "hubkiln_hub.py")
@@ -87,7 +87,7 @@ def test_the_schedule_reaches_the_hub_settings_intact(in_tmp):
     hub_d = in_tmp / "hub.d"
     hub_d.mkdir()
     profile = hub_settings(load_profile("ci"))
-    (hub_d / "00-profile.yaml").write_text(hub.profile_yaml(json.dumps(profile)))
+    (hub_d / "00-profile.yaml").write_text(render_hub_settings(load_profile("ci")))
     (hub_d / "50-launch.yaml").write_text(yaml.safe_dump(apply_launch.launch_dropin(document)))
     settings = hub.load_settings(hub_d)
     assert settings["class_schedule"] == launch["class_schedule"]
@@ -114,7 +114,7 @@ def test_without_a_schedule_the_settings_have_none(in_tmp):
     ("{prestart_minutes: 121, sessions: [{days: [mon], start: '09:00', minutes: 5}]}",
      "class_schedule.prestart_minutes", "120"),
     ("{memory_reserve: lots, sessions: [{days: [mon], start: '09:00', minutes: 5}]}",
-     "class_schedule.memory_reserve", "a size like 1G"),
+     "class_schedule.memory_reserve", "is not a size like 2G or 512M"),
     ("{sessions: []}", "class_schedule.sessions", "at least 1"),
     ("{prestart_minutes: 5}", "class_schedule.sessions", "is missing"),
     ("{sessions: [{days: [mon], start: 10:30, minutes: 5}]}",
@@ -193,40 +193,27 @@ def test_a_culler_shorter_than_the_lead_says_to_rebuild():
 # ------------------------------------------------------------ the schema and the guest's table
 
 
-def host_keys(node: dict, path: str = "") -> set[str]:
+def schema_keys(node: dict, root: dict, path: str = "") -> set[str]:
+    """Every key path a schema accepts, following its $refs."""
+    rules = guest.schema()
     keys = set()
-    for key, child in node.get("properties", {}).items():
+    for key, child in rules.resolve(node, root).get("properties", {}).items():
         here = f"{path}.{key}" if path else key
-        keys |= {here} | host_keys(child, here) | host_keys(child.get("items", {}), here + "[]")
+        child = rules.resolve(child, root)
+        keys |= {here} | schema_keys(child, root, here) \
+            | schema_keys(child.get("items", {}), root, here + "[]")
     return keys
 
 
-def guest_keys(spec, path: str = "") -> set[str]:
-    if isinstance(spec, hub.Nullable):
-        return guest_keys(spec.spec, path)
-    if isinstance(spec, hub.ListOf):
-        return guest_keys(spec.items, path + "[]")
-    fields = spec.fields if isinstance(spec, hub.Record) else spec
-    if not isinstance(fields, dict):
-        return set()
-    keys = set()
-    for key, child in fields.items():
-        here = f"{path}.{key}" if path else key
-        keys |= {here} | guest_keys(child, here)
-    return keys
-
-
-def test_the_build_and_the_image_know_the_same_launch_keys():
-    # tls files are read in by the build: the image receives their PEM text.
+def test_the_launch_file_is_the_images_launch_settings_and_the_tls_files():
+    """The build's launch-file schema is derived from the image's: the same keys, plus the
+    PEM files the build reads in (the image receives their text)."""
+    rules = guest.schema()
     read_in = {"tls.certificate_file", "tls.key_file"}
-    assert host_keys(load_launch_schema()) - read_in == guest_keys(hub.LAUNCH_SPEC)
-
-
-def test_the_schedule_defaults_are_the_images():
-    schema = load_launch_schema()["properties"]["class_schedule"]["properties"]
-    assert {key: node["default"] for key, node in schema.items() if "default" in node} == \
-        hub.SCHEDULE_DEFAULTS
-    assert schema["sessions"]["items"]["properties"]["days"]["items"]["enum"] == list(hub.DAYS)
+    host = load_launch_schema()
+    assert schema_keys(host, host) - read_in == schema_keys(rules.definition("launch"),
+                                                           rules.schema())
+    assert "class_schedule.sessions[].start" in schema_keys(host, host)
 
 
 def test_the_summaries_say_whether_servers_are_pre_started(in_tmp):

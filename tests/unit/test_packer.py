@@ -400,7 +400,7 @@ def pids_from(pidfile: Path, timeout: float = 5) -> list[int]:
 
 
 @needs_packer
-def test_keyboard_interrupt_stops_packer_and_every_child(tmp_path, short_tmp):
+def test_keyboard_interrupt_stops_packer_and_every_child(tmp_path, short_tmp, sigint_raises):
     """SIGINT to us -> SIGINT to Packer's group; a child that ignores SIGINT gets SIGTERM."""
     pidfile = tmp_path / "pids"
     argv = null_build(
@@ -449,7 +449,7 @@ def test_exception_in_on_event_stops_the_build_and_propagates(tmp_path):
 
 
 @needs_packer
-def test_sigterm_escalation_when_packer_ignores_sigint(tmp_path):
+def test_sigterm_escalation_when_packer_ignores_sigint(tmp_path, sigint_raises):
     """A wrapper that ignores SIGINT forces the SIGTERM step; nothing survives."""
     wrapper = tmp_path / "stubborn-packer"
     wrapper.write_text("#!/bin/sh\ntrap '' INT\necho $$ > \"$PIDFILE\"\necho started\nsleep 300\n")

@@ -296,7 +296,7 @@ def test_mem_available_reads_meminfo():
 
 @pytest.mark.parametrize("size", ["1G", "512M", "1.5G", "64K", "1T"])
 def test_sizes_read_as_the_build_reads_them(size):
-    assert prestart.size_bytes(size) == parse_size(size)
+    assert prestart.parse_size(size) == parse_size(size)
 
 
 @pytest.mark.parametrize(("model", "state"), [

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import jinja2
 import pytest
+import yaml
 
-from hubkiln import actions
+from hubkiln import actions, guest
 from hubkiln.profile import load_profile
+from hubkiln.provision import hub_settings
 from hubkiln.render import (
     BUILD_USER,
     make_environment,
@@ -61,11 +63,17 @@ def test_undefined_values_fail_the_render(tmp_path):
 
 @pytest.mark.parametrize("ref", PROFILES)
 def test_render_writes_only_hcl_into_output(tmp_path, ref):
-    folder = render_templates(load_profile(ref), tmp_path / "out")
+    profile = load_profile(ref)
+    folder = render_templates(profile, tmp_path / "out")
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["build.pkr.hcl", "sources.pkr.hcl", "variables.pkr.hcl"]
+    assert names == ["build.pkr.hcl", "hub-settings.yaml", "sources.pkr.hcl",
+                     "variables.pkr.hcl"]
+    # The hub settings drop-in is the profile's, as the image checks it.
+    settings = yaml.safe_load((folder / "hub-settings.yaml").read_text())
+    assert settings == hub_settings(profile)
+    assert guest.settings().dropin_problems(folder / "hub-settings.yaml") == []
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["packer"]
-    for path in folder.iterdir():
+    for path in folder.glob("*.hcl"):
         assert "{%" not in path.read_text() and "{#" not in path.read_text()
 
 
@@ -98,3 +106,32 @@ def test_rendered_templates_are_packer_fmt_clean(tmp_path, ref):
     result = subprocess.run(["packer", "fmt", "-check", "-diff", "."], cwd=folder,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_build_vm_first_waits_for_cloud_init_then_makes_the_upload_folder():
+    from hubkiln.render import GUEST_PROVISION_DIR, prepare_commands
+
+    wait, mkdir, chown = prepare_commands()
+    assert wait.startswith("sudo -n cloud-init status --wait") and "[ $? -eq 2 ]" in wait
+    assert mkdir == f"sudo -n mkdir -p {GUEST_PROVISION_DIR}"
+    assert chown.endswith(GUEST_PROVISION_DIR) and "$(id -u)" in chown
+
+
+@pytest.mark.parametrize(("mib", "gib"), [(8192, 8), (8193, 9), (1, 1), (12 * 1024, 12)])
+def test_cloud_volumes_round_the_disk_up_to_whole_gib(mib, gib):
+    from hubkiln.render import disk_size_gib
+
+    assert disk_size_gib(mib) == gib
+
+
+def test_cloud_builders_upload_the_hub_settings_and_the_material(tmp_path):
+    from hubkiln.provision import CONTENT_STAGING, HUB_SETTINGS_STAGING
+    from hubkiln.render import cloud_staging_commands
+
+    settings_dir = HUB_SETTINGS_STAGING.rsplit("/", 1)[0]
+    assert cloud_staging_commands(False) == [f"mkdir -p {settings_dir}"]
+    assert cloud_staging_commands(True) == [f"mkdir -p {settings_dir} {CONTENT_STAGING}"]
+    folder = render_templates(load_profile(FIXTURES / "maximal.yaml"), tmp_path / "out")
+    build = (folder / "build.pkr.hcl").read_text()
+    assert f'source      = "{folder / "hub-settings.yaml"}"' in build
+    assert f'destination = "{HUB_SETTINGS_STAGING}"' in build

@@ -25,7 +25,7 @@ BERLIN = ZoneInfo("Europe/Berlin")
 def schedule(*sessions: tuple[list[str], str, int], **keys) -> dict:
     """A checked schedule with its defaults, as the service gets it."""
     data = {**keys, "sessions": [{"days": d, "start": s, "minutes": m} for d, s, m in sessions]}
-    assert guest_settings().check({"class_schedule": data}, guest_settings().LAUNCH_SPEC) == []
+    assert guest_settings().document_problems({"class_schedule": data}, "launch") == []
     return guest_settings().with_schedule_defaults(data)
 
 

@@ -9,19 +9,24 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
+from hubkiln import guest
 from hubkiln.profile import PROFILES_DIR, load_profile, load_schema
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def walk(node: dict[str, Any], path: str = ""):
-    """Yield (dotted path, schema node) for every key the schema defines."""
-    for key, child in node.get("properties", {}).items():
+    """Yield (dotted path, schema node) for every key the schema defines, following the
+    $refs into the image's settings contract."""
+    root = load_schema()
+    for key, child in guest.schema().resolve(node, root).get("properties", {}).items():
         here = f"{path}.{key}" if path else key
+        child = guest.schema().resolve(child, root)
         yield here, child
         yield from walk(child, here)
-        if "properties" in child.get("items", {}):
-            yield from walk(child["items"], f"{here}[]")
+        items = guest.schema().resolve(child.get("items", {}), root)
+        if "properties" in items:
+            yield from walk(items, f"{here}[]")
 
 
 def keys_set(data: Any, path: str = ""):
@@ -50,8 +55,9 @@ def test_every_key_is_described(path):
 
 OBJECTS = {p: n for p, n in [("(top)", load_schema()), *SCHEMA_KEYS.items()]
            if "properties" in n}
-OBJECTS.update({f"{p}[]": n["items"] for p, n in SCHEMA_KEYS.items()
-                if "properties" in n.get("items", {})})
+OBJECTS.update({f"{p}[]": guest.schema().resolve(n["items"], load_schema())
+                for p, n in SCHEMA_KEYS.items()
+                if "properties" in guest.schema().resolve(n.get("items", {}), load_schema())})
 
 
 @pytest.mark.parametrize("path", sorted(OBJECTS))
@@ -59,11 +65,12 @@ def test_every_mapping_rejects_unknown_keys(path):
     assert OBJECTS[path].get("additionalProperties") is False
 
 
-@pytest.mark.parametrize("path", sorted(p for p, n in SCHEMA_KEYS.items() if "pattern" in n
-                                        or "pattern" in n.get("items", {})))
+@pytest.mark.parametrize("path", sorted(
+    p for p, n in SCHEMA_KEYS.items()
+    if "pattern" in n or "pattern" in guest.schema().resolve(n.get("items", {}), load_schema())))
 def test_every_pattern_has_a_readable_error(path):
     node = SCHEMA_KEYS[path]
-    node = node if "pattern" in node else node["items"]
+    node = node if "pattern" in node else guest.schema().resolve(node["items"], load_schema())
     assert node.get("x-error"), f"{path} has a pattern but no x-error message"
 
 
@@ -80,9 +87,16 @@ def test_maximal_fixture_is_valid():
 
 
 def test_defaults_set_every_required_key():
-    """After merging, every required key must be present: the defaults file provides them."""
-    present = set(keys_set(yaml.safe_load((PROFILES_DIR / "defaults.yaml").read_text())))
+    """After merging, every required key must be present: the defaults file or the
+    settings contract's defaults (for the hub's keys) provide them."""
+    defaults = yaml.safe_load((PROFILES_DIR / "defaults.yaml").read_text())
+    filled = guest.schema().fill_defaults(defaults, load_schema(), load_schema())
+    present = set(keys_set(filled))
     mappings = [("", load_schema())] + [(p, n) for p, n in SCHEMA_KEYS.items()
                                         if "properties" in n and "[]" not in p]
     required = {f"{p}.{k}" if p else k for p, n in mappings for k in n.get("required", [])}
     assert required - present == set()
+    # Each default lives in one place: no key of the defaults file has a contract default.
+    contract = {p for p, n in SCHEMA_KEYS.items() if "default" in n}
+    assert contract & set(keys_set(defaults)) == set()
+    assert {"hub.limits.memory", "tls.mode", "environment.kernel_display_name"} <= contract

@@ -49,6 +49,7 @@ from urllib.parse import quote
 import aiohttp
 from hubkiln_hub import with_schedule_defaults
 from hubkiln_schedule import Window, describe, next_window, open_windows, schedule_zone
+from hubkiln_schema import parse_size
 
 SERVICE = "class-prestart"
 SERVICE_USER = "hubkiln-prestart"
@@ -63,7 +64,6 @@ CONCURRENCY = 4
 READY_TIMEOUT_SECONDS = 300
 READY_POLL_SECONDS = 2
 MEMINFO = Path("/proc/meminfo")
-UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def service_config(settings: dict[str, Any], python: str) -> tuple[dict[str, Any],
@@ -90,11 +90,6 @@ def service_config(settings: dict[str, Any], python: str) -> tuple[dict[str, Any
 
 
 # ------------------------------------------------------------ facts (pure parts)
-
-
-def size_bytes(text: str) -> int:
-    """'1G' -> 1073741824 (binary units K, M, G, T, as systemd reads them)."""
-    return int(float(text[:-1]) * UNITS[text[-1]])
 
 
 def mem_available(meminfo: str) -> int:
@@ -253,7 +248,7 @@ class Prestarter:
                  log: Callable[[str], None] = print,
                  start: Callable[[HubAPI, str], Awaitable[str]] = start_server):
         self.schedule, self.roster, self.hub, self.zone = schedule, roster, hub, zone
-        self.reserve = size_bytes(schedule["memory_reserve"])
+        self.reserve = parse_size(schedule["memory_reserve"])
         self.memory, self.log, self.start = memory, log, start
         self.done: set[Window] = set()
         self.announced: Window | None = None

@@ -11,8 +11,9 @@ import asyncio
 import os
 import sys
 
-from hubkiln_hub import SettingsError, load_settings, unix_name
+from hubkiln_hub import UNIX_NAME, SettingsError, load_settings, unix_name
 from hubkiln_prestart import service_config as prestart_service
+from hubkiln_schema import parse_size
 from hubkiln_spawner import HubkilnSpawner
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
@@ -67,7 +68,7 @@ c.Authenticator.allow_all = auth in ("native", "lti13") and not roster
 # The exact admin set (admin_users would only ever add admins, never remove one).
 c.JupyterHub.load_roles = [{"name": "admin", "users": sorted(admins)}]
 if auth in ("firstuse", "native"):
-    c.Authenticator.username_pattern = r"^[a-z_][a-z0-9_-]{0,31}$"
+    c.Authenticator.username_pattern = UNIX_NAME.pattern  # the settings contract's unix_name
 if auth in ("firstuse", "native"):
     os.makedirs(HOME_STATE, mode=0o700, exist_ok=True)
     c.Authenticator.admin_names = admins
@@ -115,7 +116,8 @@ if auth == "lti13":
 async def prepare_account(spawner):
     """Create the student's Unix account and hand out the course material (as root)."""
     name = unix_name(spawner.user.name)
-    quota = ["--disk-limit", limits["disk"]] if limits["disk"] else []
+    quota = ["--disk-limit-kib", str(parse_size(limits["disk"]) // 1024)] if limits["disk"] \
+        else []
     process = await asyncio.create_subprocess_exec(
         PREPARE_USER, "--delivery", settings["content"]["delivery"], *quota, name,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
