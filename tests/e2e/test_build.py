@@ -35,3 +35,12 @@ def test_manifest_lists_packages_and_timings(built):
     assert "configurable-http-proxy" in built["packages"]["npm"]
     for stage in ("render", "rootfs", "envs", "config", "disk", "bake"):
         assert stage in built["timings_seconds"]
+
+
+def test_the_manifest_says_that_ci_left_lynis_out(built):
+    """CI's validation runs without the Lynis audit (tests/e2e/conftest.py): the record
+    says so, with the reason, instead of a silent pass."""
+    from hubkiln.audit import LYNIS_SKIP_REASON
+
+    assert built["validation"]["reports"]["lynis"] == {"status": "not-run",
+                                                      "reason": LYNIS_SKIP_REASON}

@@ -150,8 +150,11 @@ def start_lynis_if_selected(session: pytest.Session, host: Any) -> None:
     """Start the Lynis audit in the background when test_lynis.py is among the selected
     tests: under TCG it takes 15-25 min, so it runs beside the other tests from the
     first guest command on, and test_lynis.py waits for its unit."""
+    from hubkiln.audit import lynis_background_command, lynis_skipped
+
+    if lynis_skipped(os.environ):
+        return
     if any(os.path.basename(str(item.fspath)) == "test_lynis.py" for item in session.items):
-        from hubkiln.audit import lynis_background_command
 
         host.run(lynis_background_command())
 

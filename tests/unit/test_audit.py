@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from hubkiln.audit import (
     HOST_CA_BUNDLE,
     LYNIS_REPORT,
@@ -156,3 +158,12 @@ def test_lynis_starts_in_the_background_as_a_unit_that_stays_to_be_waited_for():
     assert f"--unit={LYNIS_UNIT}" in command and "--remain-after-exit" in command
     assert f"--report-file {LYNIS_REPORT}" in command
     assert "command -v lynis >/dev/null || exit 0" in command  # no Lynis: nothing starts
+
+
+@pytest.mark.parametrize(("value", "skipped"), [(None, False), ("1", False), ("0", True),
+                                                (" 0 ", True), ("", False), ("no", False)])
+def test_only_hubkiln_test_lynis_0_leaves_the_audit_out(value, skipped):
+    from hubkiln.audit import lynis_skipped
+
+    env = {} if value is None else {"HUBKILN_TEST_LYNIS": value}
+    assert lynis_skipped(env) is skipped
