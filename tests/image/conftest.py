@@ -76,6 +76,11 @@ def run_order(item: pytest.Item) -> int:
     return 1 if item.get_closest_marker("disruptive") else 0
 
 
+#: The groups of run_order that run only with HUBKILN_TEST_FAULTS: the faults and the
+#: reboot. The Lynis audit (2) always runs (HUBKILN_TEST_LYNIS=0 leaves it out).
+OPT_IN = (1, 3)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = os.path.dirname(__file__)
     has_hosts = bool(config.getoption("hosts", None))
@@ -87,7 +92,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if unknown or not mark.args:
                 raise pytest.UsageError(f"{item.nodeid}: needs({', '.join(unknown)}): "
                                         f"say what it needs, one of {', '.join(NEEDS)}")
-        if run_order(item) and not faults:
+        if run_order(item) in OPT_IN and not faults:
             item.add_marker(pytest.mark.skip(reason=(
                 "fault and reboot tests run on request: `invoke build --faults`, `invoke "
                 "test --faults` or HUBKILN_TEST_FAULTS=1 (CI's e2e build runs them)")))

@@ -204,3 +204,24 @@ def test_combined_record_keeps_the_vms_boot_measurement():
     runs = {"container": {"status": "passed", "passed": 3},
             "vm": {"status": "passed", "passed": 2, "boot": boot, "accelerator": "tcg"}}
     assert imagetest.combine_records(runs)["boot"] == boot
+
+
+def test_only_the_faults_and_the_reboot_wait_for_hubkiln_test_faults():
+    """The Lynis audit is not a fault test: a validation without the faults audits too."""
+    from types import SimpleNamespace
+
+    from hubkiln.guest import load_module
+
+    project = Path(__file__).resolve().parents[2]
+    conftest = load_module("hubkiln_image_conftest", project / "tests/image/conftest.py")
+
+    def item(file: str, mark: str | None = None):
+        return SimpleNamespace(fspath=f"/x/tests/image/{file}",
+                               get_closest_marker=lambda name: name == mark or None)
+
+    orders = {name: conftest.run_order(item(*args)) for name, args in {
+        "plain": ("test_units.py",), "fault": ("test_faults.py", "disruptive"),
+        "lynis": ("test_lynis.py",), "reboot": ("test_reboot.py", "reboot")}.items()}
+    assert [name for name, order in orders.items() if order in conftest.OPT_IN] == [
+        "fault", "reboot"]
+    assert sorted(orders, key=orders.get) == ["plain", "fault", "lynis", "reboot"]
