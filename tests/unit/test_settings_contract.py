@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+from test_launch import make_cert
 from traitlets.config.loader import PyFileConfigLoader
 
 from hubkiln import guest
@@ -45,21 +45,13 @@ HASH = "pbkdf2-sha256$10000$" + "ab" * 8 + "$" + "cd" * 32
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDxyr2P28/gcSKVzoD4TLPhorQ7JTthbfAC0bGjVYhmh t@lap"
 
 
-def make_cert(folder: Path, name: str, host: str) -> tuple[str, str]:
-    key, cert = folder / f"{name}.key", folder / f"{name}.crt"
-    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "30", "-subj", f"/CN={host}", "-addext",
-                    f"subjectAltName=DNS:{host}"], check=True, capture_output=True)
-    return cert.read_text(), key.read_text()
-
-
 def maximal_launch(folder: Path) -> dict:
     """A launch file that sets every key (a generic OIDC client: the LTI-only keys
     `oauth.issuer` and `oauth.jwks_endpoint` cannot go with it; the PEM files, the
     alternative to inline PEM, are covered by tests/unit/test_launch.py)."""
-    certificate, key = make_cert(folder, "hub", "hub.example.org")
-    root, _ = make_cert(folder, "root", "Uni Root CA")
+    certificate, key = (path.read_text() for path in make_cert(folder, "hub",
+                                                               "hub.example.org"))
+    root = make_cert(folder, "root", "Uni Root CA")[0].read_text()
     return {
         "hostname": "optim-hub",
         "domain": "hub.example.org",
