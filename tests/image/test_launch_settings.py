@@ -85,6 +85,6 @@ def test_bad_launch_file_is_refused_with_the_key_named(host, launched):
     result = host.run("hubkiln-apply-launch --boot --file /run/hubkiln-bad-launch.yaml")
     host.run("rm -f /run/hubkiln-bad-launch.yaml")
     assert result.rc == 2
-    for key in ("users", "admins", "surprise"):
-        assert f"{key}:" in result.stderr, result.stderr
+    for key in ("users[0]", "admins", "surprise"):
+        assert f"bad-launch.yaml: {key}:" in result.stderr, result.stderr
     assert host.run("md5sum /etc/hubkiln/hub.d/50-launch.yaml").stdout == before
