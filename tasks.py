@@ -121,7 +121,7 @@ def test(c, profile="optimization", image=None, accel=None, faults=False, select
 def loadtest(c, profile="optimization", students=0, ramp=60, active=120,
              engine="auto", image=None, prestart=False):
     """Class start, measured: N students log in, spawn and run cells; writes capacity.json."""
-    from hubkiln import loadtest as loadtest_module
+    from hubkiln.capacity import loadtest as loadtest_module
 
     record = loadtest_module.run_loadtest(profile, students=students, ramp=ramp,
                                           active=active, engine=engine, image=image,
@@ -214,7 +214,7 @@ def launch(c, profile="optimization", config=None, https_port=0, ssh_port=0, acc
 def publish(c, profile="optimization", to=None, pool="default", name=None, firmware="bios",
             network=None, image=None, accel=None):
     """Publish the built image: into a local libvirt, or print a cloud's exact commands."""
-    from hubkiln import publish as publish_module
+    from hubkiln.deliver import publish as publish_module
 
     for line in publish_module.publish(profile, to=to or "", pool=pool, name=name,
                                        firmware=firmware, network=network, image=image,

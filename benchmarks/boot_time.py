@@ -15,10 +15,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from hubkiln import accel, artifacts, imagetest
-from hubkiln.profile import load_profile
+from hubkiln.config.profile import load_profile
+from hubkiln.machine import accel
+from hubkiln.paths import output_dir
 from hubkiln.progress import Progress
-from hubkiln.render import output_dir
+from hubkiln.stages import artifacts
+from hubkiln.validation import imagetest
 
 TESTS = "test_unit_is_running or test_class_priority"
 

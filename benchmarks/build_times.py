@@ -42,7 +42,7 @@ def timed_build(profile_ref: str, validate: bool) -> tuple[float, dict]:
 
 def hub_settings_variant(profile_ref: str, folder: Path) -> Path:
     """A profile that extends `profile_ref` and changes one hub setting only."""
-    from hubkiln.profile import find_profile_file, load_profile
+    from hubkiln.config.profile import find_profile_file, load_profile
 
     original = find_profile_file(profile_ref).resolve()
     profile = load_profile(profile_ref)
@@ -86,8 +86,8 @@ def main() -> int:
 
     results["targets"] = {k: {"limit": v, "value": results[k], "met": results[k] <= v}
                           for k, v in TARGETS.items()}
-    from hubkiln.profile import load_profile
-    from hubkiln.render import output_dir
+    from hubkiln.config.profile import load_profile
+    from hubkiln.paths import output_dir
 
     out = output_dir(load_profile(args.profile)) / "benchmark.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

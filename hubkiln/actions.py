@@ -14,15 +14,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import chroot, packer
-from .errors import BuildError
-from .preflight import check_host_tools
-from .profile import PROJECT_DIR, Profile, load_profile
-from .reference import update_readme
-from .render import OUTPUT_DIR, render_templates
+from hubkiln.config.profile import Profile, load_profile
+from hubkiln.config.reference import update_readme
+from hubkiln.errors import BuildError
+from hubkiln.paths import CACHE_DIR, OUTPUT_DIR, PROJECT_DIR
+from hubkiln.preflight import check_host_tools
+from hubkiln.stages import chroot, packer
+from hubkiln.stages.render import render_templates
 
 #: Caches of bootstrapped and provisioned root filesystems (git-ignored).
-CACHE_DIR = Path(os.environ.get("HUBKILN_CACHE", PROJECT_DIR / ".cache"))
 
 #: Placeholder values that let `packer validate` check cloud sources here;
 #: the real ones are given when a cloud build runs.
@@ -94,15 +94,15 @@ def build(profile_ref: str, *, accelerator: str | None, verbose: bool,
           validate_image: bool = True, engine: str = "auto",
           loadtest_students: int = 0) -> dict:
     """Validate, then run the whole build of a profile; return its manifest."""
-    from . import build as build_module
-    from . import proc
+    from hubkiln import proc
+    from hubkiln.stages import pipeline as build_module
 
     proc.VERBOSE = proc.VERBOSE or verbose
     if loadtest_students and not validate_image:
         raise BuildError("--loadtest measures a validated image: drop --skip-validation",
                          hint="or measure later with `invoke loadtest`")
     if loadtest_students:
-        from .loadtest import check_arguments
+        from hubkiln.capacity.loadtest import check_arguments
 
         check_arguments(loadtest_students, 60, 120, "container")
     validate(profile_ref)
@@ -117,8 +117,9 @@ def test_image(profile_ref: str, *, image: str | None, accelerator: str | None,
     `select` (a pytest -k expression) runs only some tests, and `engine="container"`
     leaves out the tests that need the VM: such partial runs are never recorded in
     manifest.json, which speaks for the whole suite."""
-    from . import artifacts, imagetest
-    from .render import output_dir
+    from hubkiln.paths import output_dir
+    from hubkiln.stages import artifacts
+    from hubkiln.validation import imagetest
 
     profile = load_profile(profile_ref)
     out = output_dir(profile)
@@ -150,8 +151,8 @@ def seed(config: str | None, *, iso: str | None, user_data: str | None,
 
     Without `iso` and `user_data`, writes `seed.iso`. Return the lines to print.
     """
-    from . import launch
-    from .errors import HubkilnError
+    from hubkiln.config import launch
+    from hubkiln.errors import HubkilnError
 
     if not config:
         raise HubkilnError("no launch settings given",
@@ -191,7 +192,7 @@ def seed(config: str | None, *, iso: str | None, user_data: str | None,
 def launch(profile_ref: str, *, config: str | None, https_port: int, ssh_port: int,
            accelerator: str | None, timeout: float, data_disk: str | None = None) -> None:
     """Boot the profile's built image locally with launch settings; run until Ctrl-C."""
-    from . import launch as launch_module
+    from hubkiln.config import launch as launch_module
 
     launch_module.launch_profile(profile_ref, config=config, https_port=https_port,
                                  ssh_port=ssh_port, accelerator=accelerator, timeout=timeout,
@@ -200,6 +201,6 @@ def launch(profile_ref: str, *, config: str | None, https_port: int, ssh_port: i
 
 def update_launch_docs() -> bool:
     """Regenerate the launch file reference in docs/launch.md; return True when it changed."""
-    from .launch import update_launch_doc
+    from hubkiln.config.launch import update_launch_doc
 
     return update_launch_doc()

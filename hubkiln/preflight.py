@@ -21,8 +21,8 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .errors import PreflightError
-from .packer import packer_version
+from hubkiln.errors import PreflightError
+from hubkiln.stages.packer import packer_version
 
 #: Tool or file -> the Debian 12 package that provides it.
 HOST_PACKAGES: dict[str, str] = {

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import BuildError
+from hubkiln.errors import BuildError
 
 #: When true, `run` copies every output line to stderr as well as the log.
 VERBOSE = os.environ.get("HUBKILN_VERBOSE", "") not in ("", "0")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import accel
-from hubkiln.build import build
-from hubkiln.profile import load_profile
-from hubkiln.render import output_dir
+from hubkiln.config.profile import load_profile
+from hubkiln.machine import accel
+from hubkiln.paths import output_dir
+from hubkiln.stages.pipeline import build
 
 E2E_PROFILE = os.environ.get("HUBKILN_E2E_PROFILE", "ci")
 #: A built image of the e2e profile to use instead of this session's build (to run a

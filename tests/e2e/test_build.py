@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from hubkiln import artifacts
-from hubkiln.profile import parse_size
-from hubkiln.render import output_dir
+from hubkiln.config.profile import parse_size
+from hubkiln.paths import output_dir
+from hubkiln.stages import artifacts
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 
@@ -40,7 +40,7 @@ def test_manifest_lists_packages_and_timings(built):
 def test_the_manifest_says_that_ci_left_lynis_out(built):
     """CI's validation runs without the Lynis audit (tests/e2e/conftest.py): the record
     says so, with the reason, instead of a silent pass."""
-    from hubkiln.audit import LYNIS_SKIP_REASON
+    from hubkiln.validation.audit import LYNIS_SKIP_REASON
 
     assert built["validation"]["reports"]["lynis"] == {"status": "not-run",
                                                       "reason": LYNIS_SKIP_REASON}

@@ -16,9 +16,9 @@ import json
 
 import pytest
 
-from hubkiln import artifacts
-from hubkiln.loadtest import RECORD
-from hubkiln.render import output_dir
+from hubkiln.capacity.loadtest import RECORD
+from hubkiln.paths import output_dir
+from hubkiln.stages import artifacts
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hubkiln import launch, seed
-from hubkiln.container import Container, ContainerSpec
-from hubkiln.vm import Vm, VmSpec, free_port, ssh_command
+from hubkiln.config import launch
+from hubkiln.machine import seed
+from hubkiln.machine.container import Container, ContainerSpec
+from hubkiln.machine.vm import Vm, VmSpec, free_port, ssh_command
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 

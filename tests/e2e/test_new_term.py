@@ -39,12 +39,13 @@ from typing import Any
 import pytest
 import yaml
 
-from hubkiln import launch, seed
-from hubkiln.build import build
-from hubkiln.guest import settings as guest_settings
-from hubkiln.profile import PROJECT_DIR, load_profile
-from hubkiln.render import output_dir
-from hubkiln.vm import Vm, VmSpec, create_data_disk_command, free_port
+from hubkiln.config import launch
+from hubkiln.config.guest import settings as guest_settings
+from hubkiln.config.profile import load_profile
+from hubkiln.machine import seed
+from hubkiln.machine.vm import Vm, VmSpec, create_data_disk_command, free_port
+from hubkiln.paths import PROJECT_DIR, output_dir
+from hubkiln.stages.pipeline import build
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e, pytest.mark.slow]
 

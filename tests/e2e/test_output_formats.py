@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import artifacts, formats
 from hubkiln.errors import BuildError
-from hubkiln.formats import VmResources
-from hubkiln.render import output_dir
+from hubkiln.paths import output_dir
+from hubkiln.stages import artifacts, formats
+from hubkiln.stages.formats import VmResources
 
 pytestmark = pytest.mark.e2e
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-io") is None,
@@ -95,8 +95,8 @@ def test_publish_outputs_lists_every_format_and_publishes_at_once(small_disk, tm
     import datetime as dt
     import json
 
-    from hubkiln.build import BuildPaths, publish_outputs
-    from hubkiln.profile import load_profile
+    from hubkiln.config.profile import load_profile
+    from hubkiln.stages.pipeline import BuildPaths, publish_outputs
 
     profile_file = tmp_path / "small.yaml"
     profile_file.write_text(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import publish
+from hubkiln.deliver import publish
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 BOOT_TIMEOUT = 600

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import artifacts
-from hubkiln.build import build
+from hubkiln.config.launch import find_built_image
+from hubkiln.config.profile import display_path, load_profile
 from hubkiln.errors import BuildError
-from hubkiln.imagetest import FAILED_MARKER
-from hubkiln.launch import find_built_image
-from hubkiln.profile import display_path, load_profile
-from hubkiln.render import output_dir
+from hubkiln.paths import output_dir
+from hubkiln.stages import artifacts
+from hubkiln.stages.pipeline import build
+from hubkiln.validation.imagetest import FAILED_MARKER
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 

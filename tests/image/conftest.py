@@ -155,7 +155,7 @@ def start_lynis_if_selected(session: pytest.Session, host: Any) -> None:
     """Start the Lynis audit in the background when test_lynis.py is among the selected
     tests: under TCG it takes 15-25 min, so it runs beside the other tests from the
     first guest command on, and test_lynis.py waits for its unit."""
-    from hubkiln.audit import lynis_background_command, lynis_skipped
+    from hubkiln.validation.audit import lynis_background_command, lynis_skipped
 
     if lynis_skipped(os.environ):
         return
@@ -238,7 +238,7 @@ def given_launch() -> dict[str, Any]:
     path = os.environ.get("HUBKILN_TEST_LAUNCH")
     if not path:
         pytest.skip("needs HUBKILN_TEST_LAUNCH: the launch file the guest was booted with")
-    from hubkiln.launch import load_launch
+    from hubkiln.config.launch import load_launch
 
     return dict(load_launch(path, openssl=False).data)
 
@@ -257,9 +257,10 @@ def given_settings(given_launch: dict[str, Any]) -> dict[str, Any]:
     path = os.environ.get("HUBKILN_TEST_PROFILE")
     if not path:
         pytest.skip("needs HUBKILN_TEST_PROFILE: the profile the image was built from")
-    from hubkiln.guest import settings as guest_settings
-    from hubkiln.profile import PROJECT_DIR, load_profile
-    from hubkiln.provision import hub_settings
+    from hubkiln.config.guest import settings as guest_settings
+    from hubkiln.config.profile import load_profile
+    from hubkiln.paths import PROJECT_DIR
+    from hubkiln.stages.provision import hub_settings
 
     rules = guest_settings()
     apply_launch = load_guest_script(PROJECT_DIR / "provision/files/bin/hubkiln-apply-launch")
@@ -269,8 +270,8 @@ def given_settings(given_launch: dict[str, Any]) -> dict[str, Any]:
 
 def load_guest_script(path: Any) -> Any:
     """A guest program as a module (it imports hubkiln_hub, loaded from the repo first)."""
-    from hubkiln.guest import load_module
-    from hubkiln.guest import settings as guest_settings
+    from hubkiln.config.guest import load_module
+    from hubkiln.config.guest import settings as guest_settings
 
     sys.modules.setdefault("hubkiln_hub", guest_settings())
     return load_module(f"hubkiln_guest_{path.name}", path)
@@ -284,9 +285,10 @@ def hardening() -> dict[str, Any]:
     path = os.environ.get("HUBKILN_TEST_PROFILE")
     if not path:
         pytest.skip("needs HUBKILN_TEST_PROFILE: the profile the image was built from")
-    from hubkiln.guest import load_module
-    from hubkiln.profile import PROJECT_DIR, load_profile
-    from hubkiln.provision import hardening_settings
+    from hubkiln.config.guest import load_module
+    from hubkiln.config.profile import load_profile
+    from hubkiln.paths import PROJECT_DIR
+    from hubkiln.stages.provision import hardening_settings
 
     helper = PROJECT_DIR / "provision" / "files" / "hardening" / "hubkiln_hardening.py"
     rules = load_module("hubkiln_hardening_rules", helper)
@@ -349,7 +351,7 @@ def student_password() -> str:
 @dataclass(frozen=True)
 class Credentials:
     """The secrets issued with the launch settings the guest was given
-    (hubkiln.launch.issue_credentials): the admins' hub passwords and the students'
+    (hubkiln.config.launch.issue_credentials): the admins' hub passwords and the students'
     enrolment codes, from HUBKILN_TEST_CREDENTIALS (a JSON file; `invoke test` writes it)."""
 
     admin_passwords: dict[str, str]

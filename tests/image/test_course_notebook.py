@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from hubkiln.profile import load_profile
+from hubkiln.config.profile import load_profile
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from hubkiln.profile import load_profile, parse_size
+from hubkiln.config.profile import load_profile, parse_size
 
 pytestmark = pytest.mark.disruptive
 

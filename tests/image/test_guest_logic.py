@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.guest import load_module as load
+from hubkiln.config.guest import load_module as load
 
 FILES = Path(__file__).resolve().parents[2] / "provision" / "files"
 

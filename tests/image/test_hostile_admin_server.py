@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.guest import settings as guest_settings
+from hubkiln.config.guest import settings as guest_settings
 
 KEYS_DIR = "/etc/ssh/hubkiln-keys"
 

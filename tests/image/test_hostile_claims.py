@@ -3,7 +3,7 @@ their enrolment code, and guessing one name is locked after a few tries.
 
 Plays the hostile visitor of the login form (from the host, through the front). The
 expected behaviour comes from the launch settings the guest was given and the
-secrets issued with them (`credentials`, hubkiln.launch.issue_credentials), never
+secrets issued with them (`credentials`, hubkiln.config.launch.issue_credentials), never
 from the image. Each refusal is paired with the proof that the stand-in is real: the
 right secret does let the same name in.
 """
@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from hubkiln.guest import auth as guest_auth
+from hubkiln.config.guest import auth as guest_auth
 
 WRONG = "hubkiln-hostile-guess-1"
 

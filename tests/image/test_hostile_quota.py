@@ -22,7 +22,7 @@ import shlex
 
 import pytest
 
-from hubkiln.profile import load_profile, parse_size
+from hubkiln.config.profile import load_profile, parse_size
 
 pytestmark = pytest.mark.needs("filesystem")
 

@@ -26,7 +26,7 @@ def test_launch_dropin_is_private_and_matches(host, launched, settings):
 
 def test_each_admin_has_an_ssh_account_with_sudo_and_the_keys(host, launched, given_settings):
     """NAME-admin: sudo and exactly the launch's keys, in a root-owned file."""
-    from hubkiln.guest import settings as guest_settings
+    from hubkiln.config.guest import settings as guest_settings
 
     keys = launched["ssh_authorized_keys"]
     for name in given_settings["admins"]:

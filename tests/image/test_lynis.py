@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hubkiln.audit import (
+from hubkiln.validation.audit import (
     LYNIS_AUDIT,
     LYNIS_REPORT,
     LYNIS_SKIP_REASON,
@@ -35,7 +35,7 @@ def profile_hardening() -> dict[str, Any]:
     path = os.environ.get("HUBKILN_TEST_PROFILE")
     if not path:
         return {"lynis_min_score": 80, "pip_audit_allow": []}
-    from hubkiln.profile import load_profile
+    from hubkiln.config.profile import load_profile
 
     return dict(load_profile(path)["hardening"])
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hubkiln.audit import (
+from hubkiln.validation.audit import (
     LIST_DISTRIBUTIONS,
     PYTHON_ENVS,
     nothing_audited,
@@ -37,7 +37,7 @@ def profile_allow() -> list[dict[str, str]]:
     path = os.environ.get("HUBKILN_TEST_PROFILE")
     if not path:
         return []
-    from hubkiln.profile import load_profile
+    from hubkiln.config.profile import load_profile
 
     return list(load_profile(path)["hardening"]["pip_audit_allow"])
 

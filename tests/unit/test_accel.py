@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import accel
-from hubkiln.accel import (
+from hubkiln.errors import PreflightError
+from hubkiln.machine import accel
+from hubkiln.machine.accel import (
     AccelChoice,
     HostFacts,
     ProbeResult,
@@ -26,7 +27,6 @@ from hubkiln.accel import (
     needs_probe,
     normalise_override,
 )
-from hubkiln.errors import PreflightError
 
 HAVE_QEMU = shutil.which(accel.QEMU) is not None
 

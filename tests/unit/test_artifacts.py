@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from hubkiln import artifacts
+from hubkiln.stages import artifacts
 
 DPKG_STATUS = """\
 Package: bash

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.audit import (
+from hubkiln.validation.audit import (
     HOST_CA_BUNDLE,
     LYNIS_REPORT,
     LYNIS_UNIT,
@@ -163,7 +163,7 @@ def test_lynis_starts_in_the_background_as_a_unit_that_stays_to_be_waited_for():
 @pytest.mark.parametrize(("value", "skipped"), [(None, False), ("1", False), ("0", True),
                                                 (" 0 ", True), ("", False), ("no", False)])
 def test_only_hubkiln_test_lynis_0_leaves_the_audit_out(value, skipped):
-    from hubkiln.audit import lynis_skipped
+    from hubkiln.validation.audit import lynis_skipped
 
     env = {} if value is None else {"HUBKILN_TEST_LYNIS": value}
     assert lynis_skipped(env) is skipped

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from traitlets.config import Config
 
-from hubkiln.guest import load_module as load
+from hubkiln.config.guest import load_module as load
 
 PROJECT = Path(__file__).resolve().parents[2]
 HUB_FILES = PROJECT / "provision" / "files" / "hub"

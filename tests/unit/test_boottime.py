@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubkiln import boottime
+from hubkiln.validation import boottime
 
 CHAIN = """\
 The time when unit became active or started is printed after the "@" character.

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import chroot
-from hubkiln.chroot import (
+from hubkiln.errors import BuildError
+from hubkiln.stages import chroot
+from hubkiln.stages.chroot import (
     BASE_ENV,
     BUILD_DIR,
     CA_IN_ROOT,
@@ -20,7 +21,6 @@ from hubkiln.chroot import (
     script_environment,
     script_placement,
 )
-from hubkiln.errors import BuildError
 
 
 def test_environment_is_only_base_plus_declared():

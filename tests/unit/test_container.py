@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.container import netns_command, nspawn_command, root_partition_offset
 from hubkiln.errors import BuildError
+from hubkiln.machine.container import netns_command, nspawn_command, root_partition_offset
 
 SGDISK = """Disk /tmp/disk.raw: 16777216 sectors, 8.0 GiB
 Sector size (logical/physical): 512/512 bytes

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.disk import (
+from hubkiln.errors import BuildError
+from hubkiln.stages.disk import (
     BLOCKLIST_OFFSET,
     CORE_LOAD_SEGMENT,
     ESP_LABEL,
@@ -35,7 +36,6 @@ from hubkiln.disk import (
     render_grub_cfg,
     sgdisk_command,
 )
-from hubkiln.errors import BuildError
 
 GIB = 1024 * MIB
 

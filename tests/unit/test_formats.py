@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import formats
-from hubkiln.formats import VmResources
+from hubkiln.stages import formats
+from hubkiln.stages.formats import VmResources
 
 GIB = 1 << 30
 SRC, DEST = Path("/w/baked.qcow2"), Path("/s/out")
@@ -28,7 +28,7 @@ def test_artifact_names_carry_the_format():
 
 
 def test_the_schema_and_the_formats_table_agree():
-    from hubkiln.profile import load_schema
+    from hubkiln.config.profile import load_schema
 
     enum = load_schema()["properties"]["outputs"]["properties"]["formats"]["items"]["enum"]
     assert set(enum) == set(formats.FORMATS) == set(formats.SUFFIXES)

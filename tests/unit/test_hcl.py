@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubkiln.hcl import hcl_string, to_hcl
+from hubkiln.stages.hcl import hcl_string, to_hcl
 
 
 @pytest.mark.parametrize("value,expected", [

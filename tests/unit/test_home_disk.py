@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.guest import load_module as load
-from hubkiln.launch import ensure_data_disk, stop_instructions
-from hubkiln.provision import steps_in
-from hubkiln.vm import VmSpec, create_data_disk_command, qemu_command
+from hubkiln.config.guest import load_module as load
+from hubkiln.config.launch import ensure_data_disk, stop_instructions
+from hubkiln.machine.vm import VmSpec, create_data_disk_command, qemu_command
+from hubkiln.stages.provision import steps_in
 
 PROJECT = Path(__file__).resolve().parents[2]
 DATA = PROJECT / "provision" / "files" / "data"

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import artifacts, imagetest
+from hubkiln.config.profile import load_profile
 from hubkiln.errors import BuildError
-from hubkiln.imagetest import (
+from hubkiln.stages import artifacts
+from hubkiln.validation import imagetest
+from hubkiln.validation.imagetest import (
     FAILED_MARKER,
     parse_junit,
     pytest_command,
@@ -18,7 +20,6 @@ from hubkiln.imagetest import (
     validation_launch_document,
     validation_memory_mib,
 )
-from hubkiln.profile import load_profile
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="4">
@@ -95,7 +96,8 @@ def test_ssh_config_shares_one_connection_and_trusts_no_host_key(tmp_path):
 
 def fake_runs(monkeypatch, accelerator: str, *outcomes: dict) -> list[dict]:
     """Make validate_image see `outcomes`, one per boot, under `accelerator`."""
-    from hubkiln import accel, imagetest
+    from hubkiln.machine import accel
+    from hubkiln.validation import imagetest
 
     runs = list(outcomes)
     booted: list[dict] = []
@@ -115,7 +117,7 @@ PANICKED = {"status": "failed", "failed": 3, "failures": ["t1"], "guest_panic": 
 
 
 def test_a_guest_panic_under_tcg_boots_the_image_again(monkeypatch):
-    from hubkiln.imagetest import validate_image
+    from hubkiln.validation.imagetest import validate_image
 
     booted = fake_runs(monkeypatch, "tcg", PANICKED, PASSED)
     record = validate_image(load_profile("ci"), Path("/i.qcow2"), engine="vm")
@@ -124,7 +126,7 @@ def test_a_guest_panic_under_tcg_boots_the_image_again(monkeypatch):
 
 
 def test_a_second_panic_or_one_under_kvm_fails_validation(monkeypatch):
-    from hubkiln.imagetest import failure_message, validate_image
+    from hubkiln.validation.imagetest import failure_message, validate_image
 
     for accelerator, outcomes in (("tcg", (PANICKED, PANICKED)), ("kvm", (PANICKED,))):
         booted = fake_runs(monkeypatch, accelerator, *outcomes)
@@ -136,7 +138,7 @@ def test_a_second_panic_or_one_under_kvm_fails_validation(monkeypatch):
 
 
 def test_engines_auto_is_the_vm_under_kvm_and_both_under_emulation():
-    from hubkiln.imagetest import plan_engines
+    from hubkiln.validation.imagetest import plan_engines
 
     assert plan_engines("auto", "kvm") == [("vm", None)]
     assert plan_engines("auto", "tcg") == [("container", "not needs"), ("vm", "needs")]
@@ -147,7 +149,7 @@ def test_engines_auto_is_the_vm_under_kvm_and_both_under_emulation():
 
 
 def test_the_record_says_which_engine_proved_what(monkeypatch):
-    from hubkiln import accel
+    from hubkiln.machine import accel
 
     monkeypatch.setattr(accel, "choose_accelerator",
                         lambda name=None: accel.AccelChoice("tcg", "test"))
@@ -180,7 +182,8 @@ def test_the_record_says_which_engine_proved_what(monkeypatch):
 
 
 def test_a_failed_container_run_boots_no_vm(monkeypatch):
-    from hubkiln import accel, imagetest
+    from hubkiln.machine import accel
+    from hubkiln.validation import imagetest
 
     monkeypatch.setattr(accel, "choose_accelerator",
                         lambda name=None: accel.AccelChoice("tcg", "test"))
@@ -210,7 +213,7 @@ def test_only_the_faults_and_the_reboot_wait_for_hubkiln_test_faults():
     """The Lynis audit is not a fault test: a validation without the faults audits too."""
     from types import SimpleNamespace
 
-    from hubkiln.guest import load_module
+    from hubkiln.config.guest import load_module
 
     project = Path(__file__).resolve().parents[2]
     conftest = load_module("hubkiln_image_conftest", project / "tests/image/conftest.py")

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hubkiln import guest
-from hubkiln.errors import BuildError
-from hubkiln.launch import (
+from hubkiln.config import guest
+from hubkiln.config.launch import (
     GUEST_LAUNCH_FILE,
     LAUNCH_DOC,
     Credentials,
@@ -45,7 +44,8 @@ from hubkiln.launch import (
     validate_launch_data,
     write_seed,
 )
-from hubkiln.profile import load_profile
+from hubkiln.config.profile import load_profile
+from hubkiln.errors import BuildError
 
 PROJECT = Path(__file__).resolve().parents[2]
 EXAMPLE = PROJECT / "examples" / "launch.yaml"
@@ -584,8 +584,8 @@ def test_upper_case_host_and_domain_names_are_refused(in_tmp):
 
 
 def test_a_local_launch_refuses_provider_logins(tmp_path):
+    from hubkiln.config.launch import boot_locally
     from hubkiln.errors import HubkilnError
-    from hubkiln.launch import boot_locally
 
     github = with_hub(load_profile("ci"), hub={"authenticator": "github"})
     out = tmp_path / "ci"
@@ -776,7 +776,7 @@ UNI_CA = "https://acme.uni.example/acme/directory"
 
 @needs_openssl
 def test_an_acme_ca_with_its_root_loads_and_is_summarized(in_tmp):
-    from hubkiln.launch import summarize
+    from hubkiln.config.launch import summarize
 
     root, _ = make_cert(in_tmp, "root", "Uni Root CA")
     path = write(in_tmp, "")

@@ -1,4 +1,4 @@
-"""The `class_schedule` launch setting on both sides: the build (hubkiln.launch, the
+"""The `class_schedule` launch setting on both sides: the build (hubkiln.config.launch, the
 schema) and the image (hubkiln-apply-launch, hubkiln_hub) accept and refuse the same
 schedules, naming the same key, and the schedule reaches the hub's settings intact."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hubkiln import guest
-from hubkiln.guest import load_module
-from hubkiln.launch import (
+from hubkiln.config import guest
+from hubkiln.config.guest import load_module
+from hubkiln.config.launch import (
     LaunchError,
     check_launch_for_profile,
     load_launch,
@@ -21,8 +21,8 @@ from hubkiln.launch import (
     render_user_data,
     summarize,
 )
-from hubkiln.profile import load_profile
-from hubkiln.provision import hub_settings, render_hub_settings
+from hubkiln.config.profile import load_profile
+from hubkiln.stages.provision import hub_settings, render_hub_settings
 
 PROJECT = Path(__file__).resolve().parents[2]
 hub = load_module("hubkiln_hub", PROJECT / "provision" / "files" / "hub" / "hubkiln_hub.py")

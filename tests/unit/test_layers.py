@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 
-from hubkiln.build import layer_key
-from hubkiln.profile import load_profile
-from hubkiln.provision import STEPS, provision_env, step_env, steps_in
+from hubkiln.config.profile import load_profile
+from hubkiln.stages.pipeline import layer_key
+from hubkiln.stages.provision import STEPS, provision_env, step_env, steps_in
 
 
 def env_of(**changes) -> dict[str, str]:
@@ -49,7 +49,7 @@ def test_scripts_see_only_what_they_declare():
 def test_prune_keeps_the_most_recently_used_trees(tmp_path):
     import os
 
-    from hubkiln.build import prune_cache
+    from hubkiln.stages.pipeline import prune_cache
 
     for i in range(4):
         tree = tmp_path / f"envs-{i}"
@@ -62,7 +62,7 @@ def test_prune_keeps_the_most_recently_used_trees(tmp_path):
 
 
 def test_declared_files_exist():
-    from hubkiln.provision import PROVISION_DIR
+    from hubkiln.paths import PROVISION_DIR
 
     for step in STEPS:
         for name in step.files:

@@ -10,7 +10,8 @@ import sys
 import pytest
 from aiohttp import web
 
-from hubkiln import loadclient, loadtest
+from hubkiln.capacity import client as loadclient
+from hubkiln.capacity import loadtest
 from hubkiln.errors import BuildError
 
 
@@ -120,8 +121,8 @@ def test_the_vm_is_reached_on_its_forwarded_port_and_read_as_the_admins_ssh_acco
     vm = FakeVm()
     machine = loadtest.VmMachine(vm, None)
     assert machine.base_url == "https://localhost:4443"
-    assert machine.client(["python", "-m", "hubkiln.loadclient"]) == [
-        "python", "-m", "hubkiln.loadclient"]
+    assert machine.client(["python", "-m", "hubkiln.capacity.client"]) == [
+        "python", "-m", "hubkiln.capacity.client"]
     machine.guest(["systemctl", "show", "-p", "Id", "jupyter-*-singleuser.service"])
     assert vm.commands == [(loadtest.OPERATOR, "sudo -n systemctl show -p Id "
                                                "'jupyter-*-singleuser.service'")]
@@ -232,7 +233,7 @@ def a_record() -> dict:
 
 
 def published(folder, name="hubkiln-ci.qcow2") -> dict:
-    from hubkiln import artifacts
+    from hubkiln.stages import artifacts
 
     folder.mkdir(exist_ok=True)
     (folder / name).write_bytes(b"qcow2")
@@ -244,7 +245,7 @@ def published(folder, name="hubkiln-ci.qcow2") -> dict:
 
 
 def test_the_sizing_line_goes_into_the_manifest_and_readme_of_the_image_measured(tmp_path):
-    from hubkiln import artifacts
+    from hubkiln.stages import artifacts
 
     published(tmp_path)
     record = a_record()
@@ -256,7 +257,7 @@ def test_the_sizing_line_goes_into_the_manifest_and_readme_of_the_image_measured
 
 
 def test_another_image_leaves_the_manifest_alone(tmp_path):
-    from hubkiln import artifacts
+    from hubkiln.stages import artifacts
 
     published(tmp_path)
     other = tmp_path / "elsewhere.qcow2"
@@ -477,7 +478,7 @@ def test_the_sizing_line_says_when_servers_were_pre_started():
 
 
 def test_a_pre_started_class_keeps_a_line_of_its_own(tmp_path):
-    from hubkiln import artifacts
+    from hubkiln.stages import artifacts
 
     published(tmp_path)
     plain = a_record()

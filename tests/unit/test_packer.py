@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import packer
 from hubkiln.errors import BuildError, PreflightError
-from hubkiln.packer import (
+from hubkiln.stages import packer
+from hubkiln.stages.packer import (
     MachineEvent,
     build_command,
     describe_event,

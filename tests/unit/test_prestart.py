@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from hubkiln.guest import load_module
-from hubkiln.profile import parse_size
+from hubkiln.config.guest import load_module
+from hubkiln.config.profile import parse_size
 
 HUB = Path(__file__).resolve().parents[2] / "provision" / "files" / "hub"
 # As in the image: the service imports the settings and schedule modules beside it.

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from hubkiln.config.profile import format_keypath, load_profile, parse_size
 from hubkiln.errors import ProfileError
-from hubkiln.profile import PROFILES_DIR, format_keypath, load_profile, parse_size
+from hubkiln.paths import PROFILES_DIR
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import publish
-from hubkiln.formats import VmResources
-from hubkiln.publish import Artifact, PublishError
+from hubkiln.deliver import publish
+from hubkiln.deliver.publish import Artifact, PublishError
+from hubkiln.stages.formats import VmResources
 
 STEM = "hubkiln-ci-2026-fall"
 FOLDER = Path("/srv/output/ci")

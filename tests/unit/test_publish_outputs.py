@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import accel, artifacts, build, disk, formats, imagetest
+from hubkiln.config.launch import find_built_image
+from hubkiln.config.profile import display_path, load_profile
 from hubkiln.errors import BuildError
-from hubkiln.launch import find_built_image
-from hubkiln.profile import display_path, load_profile
+from hubkiln.machine import accel
+from hubkiln.stages import artifacts, disk, formats
+from hubkiln.stages import pipeline as build
+from hubkiln.validation import imagetest
 
 
 def make_build(folder: Path, status: str, image: str = "old.qcow2") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hubkiln.reference import BEGIN, END, splice_reference
+from hubkiln.config.reference import BEGIN, END, splice_reference
 
 PROJECT = Path(__file__).resolve().parents[2]
 README = (PROJECT / "README.md").read_text(encoding="utf-8")

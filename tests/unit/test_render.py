@@ -10,10 +10,11 @@ import jinja2
 import pytest
 import yaml
 
-from hubkiln import actions, guest
-from hubkiln.profile import load_profile
-from hubkiln.provision import hub_settings
-from hubkiln.render import (
+from hubkiln import actions
+from hubkiln.config import guest
+from hubkiln.config.profile import load_profile
+from hubkiln.stages.provision import hub_settings
+from hubkiln.stages.render import (
     BUILD_USER,
     make_environment,
     qemu_args,
@@ -109,7 +110,7 @@ def test_rendered_templates_are_packer_fmt_clean(tmp_path, ref):
 
 
 def test_the_build_vm_first_waits_for_cloud_init_then_makes_the_upload_folder():
-    from hubkiln.render import GUEST_PROVISION_DIR, prepare_commands
+    from hubkiln.stages.render import GUEST_PROVISION_DIR, prepare_commands
 
     wait, mkdir, chown = prepare_commands()
     assert wait.startswith("sudo -n cloud-init status --wait") and "[ $? -eq 2 ]" in wait
@@ -119,14 +120,14 @@ def test_the_build_vm_first_waits_for_cloud_init_then_makes_the_upload_folder():
 
 @pytest.mark.parametrize(("mib", "gib"), [(8192, 8), (8193, 9), (1, 1), (12 * 1024, 12)])
 def test_cloud_volumes_round_the_disk_up_to_whole_gib(mib, gib):
-    from hubkiln.render import disk_size_gib
+    from hubkiln.stages.render import disk_size_gib
 
     assert disk_size_gib(mib) == gib
 
 
 def test_cloud_builders_upload_the_hub_settings_and_the_material(tmp_path):
-    from hubkiln.provision import CONTENT_STAGING, HUB_SETTINGS_STAGING
-    from hubkiln.render import cloud_staging_commands
+    from hubkiln.stages.provision import CONTENT_STAGING, HUB_SETTINGS_STAGING
+    from hubkiln.stages.render import cloud_staging_commands
 
     settings_dir = HUB_SETTINGS_STAGING.rsplit("/", 1)[0]
     assert cloud_staging_commands(False) == [f"mkdir -p {settings_dir}"]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln import rootfs
 from hubkiln.errors import BuildError
-from hubkiln.rootfs import (
+from hubkiln.stages import rootfs
+from hubkiln.stages.rootfs import (
     KERNEL_IMG_CONF,
     KERNEL_IMG_CONF_HOOK,
     OSES,

@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from hubkiln.guest import load_module
-from hubkiln.guest import settings as guest_settings
+from hubkiln.config.guest import load_module
+from hubkiln.config.guest import settings as guest_settings
 
 HUB = Path(__file__).resolve().parents[2] / "provision" / "files" / "hub"
 load_module("hubkiln_hub", HUB / "hubkiln_hub.py")  # imported beside it, as in the image

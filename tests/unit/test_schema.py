@@ -9,8 +9,9 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from hubkiln import guest
-from hubkiln.profile import PROFILES_DIR, load_profile, load_schema
+from hubkiln.config import guest
+from hubkiln.config.profile import load_profile, load_schema
+from hubkiln.paths import PROFILES_DIR
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

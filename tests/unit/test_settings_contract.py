@@ -1,5 +1,5 @@
 """The settings contract, end to end without a VM: a maximal profile and a maximal
-launch file pass through the build (hubkiln.profile, hubkiln.launch, the hub settings
+launch file pass through the build (hubkiln.config.profile, hubkiln.config.launch, the hub settings
 drop-in and the user-data), then through the image's own programs (hubkiln-apply-launch,
 hubkiln_hub.load_settings, jupyterhub_config.py), and come out as the hub configuration
 they should produce. Expected values are written here, from the fixtures' text, never
@@ -26,11 +26,11 @@ import yaml
 from test_launch import make_cert
 from traitlets.config.loader import PyFileConfigLoader
 
-from hubkiln import guest
-from hubkiln.guest import load_module
-from hubkiln.launch import check_launch_for_profile, load_launch, render_user_data
-from hubkiln.profile import load_profile
-from hubkiln.provision import provision_env, render_hub_settings
+from hubkiln.config import guest
+from hubkiln.config.guest import load_module
+from hubkiln.config.launch import check_launch_for_profile, load_launch, render_user_data
+from hubkiln.config.profile import load_profile
+from hubkiln.stages.provision import provision_env, render_hub_settings
 
 PROJECT = Path(__file__).resolve().parents[2]
 FILES = PROJECT / "provision" / "files"

@@ -23,11 +23,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubkiln import actions, guest
+from hubkiln import actions
+from hubkiln.config import guest
+from hubkiln.config.launch import LaunchError, load_launch, render_user_data
+from hubkiln.config.profile import load_profile, load_schema
 from hubkiln.errors import ProfileError
-from hubkiln.launch import LaunchError, load_launch, render_user_data
-from hubkiln.profile import load_profile, load_schema
-from hubkiln.provision import render_hub_settings
+from hubkiln.stages.provision import render_hub_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: The same examples on every run (a suite must not pass or fail by chance); set

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from jsonschema import Draft202012Validator
 
-from hubkiln import guest
+from hubkiln.config import guest
 
 rules = guest.schema()
 

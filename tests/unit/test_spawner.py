@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hubkiln.guest import load_module as load
+from hubkiln.config.guest import load_module as load
 
 HUB_FILES = Path(__file__).resolve().parents[2] / "provision" / "files" / "hub"
 load("hubkiln_hub", HUB_FILES / "hubkiln_hub.py")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.vm import (
+from hubkiln.machine.vm import (
     VmSpec,
     cpu_model,
     find_kernel_panic,

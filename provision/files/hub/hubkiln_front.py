@@ -65,7 +65,7 @@ def front_description(front: dict[str, Any]) -> str:
 
 def acme_problems(launch: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, problem) pairs of the launch's ACME CA keys taken together: the one rule,
-    used by the build (hubkiln.launch) and the image (hubkiln-apply-launch)."""
+    used by the build (hubkiln.config.launch) and the image (hubkiln-apply-launch)."""
     problems = []
     if not launch.get("domain"):
         problems += [(key, "is used only with a `domain` (the name the CA certifies)")

@@ -3,7 +3,7 @@
 The image owns its settings contract: settings.schema.yaml, installed beside this
 module in the hub's environment. hubkiln_hub checks the hub's drop-ins with it and
 hubkiln-apply-launch the launch settings; the build loads this very file (through
-hubkiln.guest) to check profiles and launch files, so that each rule, default and
+hubkiln.config.guest) to check profiles and launch files, so that each rule, default and
 message exists once. Standard library, PyYAML and jsonschema only.
 
 - `read_yaml`: one YAML document, refusing what PyYAML would silently accept (a key

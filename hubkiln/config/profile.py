@@ -22,14 +22,12 @@ from typing import Any
 
 import yaml
 
-from .errors import ProfileError
-from .guest import schema as guest_schema
-from .guest import settings as guest_settings
+from hubkiln.config.guest import schema as guest_schema
+from hubkiln.config.guest import settings as guest_settings
+from hubkiln.errors import ProfileError
+from hubkiln.paths import PROFILES_DIR
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_DIR = PACKAGE_DIR.parent
-PROFILES_DIR = PROJECT_DIR / "profiles"
-SCHEMA_FILE = PACKAGE_DIR / "schema.yaml"
+SCHEMA_FILE = Path(__file__).resolve().parent / "schema.yaml"
 DEFAULTS_NAME = "defaults"
 
 KeyPath = tuple[str | int, ...]

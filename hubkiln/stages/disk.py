@@ -41,10 +41,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chroot import check_no_mounts_under
-from .errors import BuildError, PreflightError
-from .proc import run
-from .rootfs import check_rootfs
+from hubkiln.errors import BuildError, PreflightError
+from hubkiln.proc import run
+from hubkiln.stages.chroot import check_no_mounts_under
+from hubkiln.stages.rootfs import check_rootfs
 
 SECTOR = 512
 MIB = 1024 * 1024

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BuildError
-from .proc import run
+from hubkiln.errors import BuildError
+from hubkiln.proc import run
 
 MIB = 1 << 20
 
@@ -103,7 +103,7 @@ def vm_resources(limits: dict[str, Any]) -> VmResources:
     """A VM that runs the hub and one student's server at the profile's `hub.limits`:
     the student's memory plus HUB_OVERHEAD_MIB (at least 2 GiB), their CPUs (at least 2).
     Size a class's VM at launch; this is a starting point, not a capacity plan."""
-    from .profile import parse_size
+    from hubkiln.config.profile import parse_size
 
     student = parse_size(limits["memory"]) // MIB
     return VmResources(cpus=max(MIN_CPUS, math.ceil(limits["cpu"])),
@@ -517,7 +517,7 @@ def write_format(fmt: str, source: Path, dest: Path, *, virtual_bytes: int, work
     `work` holds intermediate files (removed afterwards); `dest` must be in a
     staging folder: it is complete and checked when this returns.
     """
-    from .disk import convert_image
+    from hubkiln.stages.disk import convert_image
 
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -553,7 +553,7 @@ def write_ova(source: Path, dest: Path, *, virtual_bytes: int, work: Path, log: 
               os_id: str, resources: VmResources,
               detail: Callable[[str], None] = lambda _: None) -> None:
     """The stream-optimized VMDK, its OVF and .mf, packed in that order as an OVA."""
-    from .artifacts import sha256_file
+    from hubkiln.stages.artifacts import sha256_file
 
     stem = dest.name.removesuffix(".ova")
     vmdk, ovf, mf = (work / f"{stem}{s}" for s in (".vmdk", ".ovf", ".mf"))

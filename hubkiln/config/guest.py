@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
-HUB_FILES = Path(__file__).resolve().parent.parent / "provision" / "files" / "hub"
+from hubkiln.paths import GUEST_FILES
 
 
 class _SourceOnly(importlib.machinery.SourceFileLoader):
@@ -35,7 +35,7 @@ class _GuestModules(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: object = None, target: object = None):
         if not name.startswith("hubkiln_") or "." in name:
             return None
-        file = HUB_FILES / f"{name}.py"
+        file = GUEST_FILES / f"{name}.py"
         if not file.is_file():
             return None
         return importlib.util.spec_from_loader(name, _SourceOnly(name, str(file)))

@@ -35,8 +35,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BuildError, PreflightError
-from .proc import run
+from hubkiln.errors import BuildError, PreflightError
+from hubkiln.proc import run
 
 #: Where scripts, support files and the CA bundle live inside the tree (tmpfs).
 BUILD_DIR = "/run/hubkiln-build"

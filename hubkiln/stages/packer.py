@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import BuildError, PreflightError
-from .proc import format_command
+from hubkiln.errors import BuildError, PreflightError
+from hubkiln.proc import format_command
 
 ON_ERROR_CHOICES = ("cleanup", "abort", "run-cleanup-provisioner")
 

@@ -25,28 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import (
-    __version__,
-    accel,
-    artifacts,
-    chroot,
-    disk,
-    formats,
-    imagetest,
-    loadtest,
-    packer,
-    rootfs,
-    seed,
-)
-from .errors import BuildError
-from .preflight import check_host_tools
-from .proc import run
-from .profile import PROJECT_DIR, Profile, display_path, load_profile, parse_size
-from .progress import Progress
-from .provision import (
+from hubkiln import __version__
+from hubkiln.capacity import loadtest
+from hubkiln.config.profile import Profile, display_path, load_profile, parse_size
+from hubkiln.errors import BuildError
+from hubkiln.machine import accel, seed
+from hubkiln.paths import CACHE_DIR, PROJECT_DIR, PROVISION_DIR, output_dir
+from hubkiln.preflight import check_host_tools
+from hubkiln.proc import run
+from hubkiln.progress import Progress
+from hubkiln.stages import artifacts, chroot, disk, formats, packer, rootfs
+from hubkiln.stages.provision import (
     CONTENT_STAGING,
     HUB_SETTINGS_STAGING,
-    PROVISION_DIR,
     Step,
     provision_env,
     render_hub_settings,
@@ -54,9 +45,9 @@ from .provision import (
     step_env,
     steps_in,
 )
-from .render import BUILD_USER, output_dir, render_templates
+from hubkiln.stages.render import BUILD_USER, render_templates
+from hubkiln.validation import imagetest
 
-CACHE_DIR = Path(os.environ.get("HUBKILN_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
 ROOT_LABEL = "hubkiln-root"
 #: How many trees of each cached layer to keep (other profiles, older inputs).
 CACHE_KEEP = 4

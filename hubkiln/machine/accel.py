@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import PreflightError
+from hubkiln.errors import PreflightError
 
 #: Environment variable that overrides the choice: kvm, tcg or auto.
 ACCEL_ENV = "HUBKILN_ACCEL"

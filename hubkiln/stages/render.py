@@ -24,10 +24,11 @@ from typing import Any
 
 import jinja2
 
-from . import __version__
-from .hcl import to_hcl
-from .profile import PROJECT_DIR, Profile, parse_size
-from .provision import (
+from hubkiln import __version__
+from hubkiln.config.profile import Profile, parse_size
+from hubkiln.paths import PROJECT_DIR, TEMPLATE_DIR, output_dir
+from hubkiln.stages.hcl import to_hcl
+from hubkiln.stages.provision import (
     CONTENT_STAGING,
     GUEST_PROVISION_DIR,
     HUB_SETTINGS_STAGING,
@@ -35,10 +36,6 @@ from .provision import (
     render_hub_settings,
     steps_in,
 )
-
-TEMPLATE_DIR = PROJECT_DIR / "packer"
-#: Where builds leave their outputs; HUBKILN_OUTPUT moves it (tests use their own).
-OUTPUT_DIR = Path(os.environ.get("HUBKILN_OUTPUT") or PROJECT_DIR / "output")
 
 #: The account that Packer's SSH communicator uses in the local qemu VM; the
 #: NoCloud seed creates it and the shutdown command removes it.
@@ -53,11 +50,6 @@ class Variable:
     type: str
     default: Any
     description: str
-
-
-def output_dir(profile: Profile, root: Path = OUTPUT_DIR) -> Path:
-    """`output/<profile>/`, where everything a build of this profile leaves goes."""
-    return root / profile.name
 
 
 def build_variables(profile: Profile, out: Path) -> list[Variable]:

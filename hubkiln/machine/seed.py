@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .proc import run
+from hubkiln.proc import run
 
 #: The Unix group that the image's SSH admits (`AllowGroups`, provision/80-hardening.sh);
 #: made by provision/50-hub-config.sh. The build account joins it and goes with the seal.

@@ -19,7 +19,7 @@ Limits, honestly:
 - apt in the tree is set to never install Recommends (kept in the image:
   /etc/apt/apt.conf.d/99mmdebstrap). A build proxy is removed from that file
   after the bootstrap; later stages pass proxies as environment variables.
-- The tree is not yet bootable: `hubkiln.disk.assemble_disk` adds fstab and
+- The tree is not yet bootable: `hubkiln.stages.disk.assemble_disk` adds fstab and
   the boot loader. Host-specific identity (host name, SSH host keys) is
   removed here (mmdebstrap leaves /etc/machine-id empty) and C.UTF-8 is made
   the default locale. Later stages may add identity back: the image
@@ -35,11 +35,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chroot import check_no_mounts_under
-from .errors import BuildError, PreflightError
-from .proc import run
+from hubkiln.errors import BuildError, PreflightError
+from hubkiln.paths import KEYRING_DIR
+from hubkiln.proc import run
+from hubkiln.stages.chroot import check_no_mounts_under
 
-KEYRING_DIR = Path(__file__).resolve().parent / "keyrings"
 UBUNTU_KEYRING = KEYRING_DIR / "ubuntu-archive-2018.gpg"
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DISTRO_INFO_DIR = Path("/usr/share/distro-info")

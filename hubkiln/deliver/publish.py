@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
-from .errors import HubkilnError, PreflightError
-from .formats import VmResources
-from .proc import run
-from .vm import TCG_CPU_MODEL
+from hubkiln.errors import HubkilnError, PreflightError
+from hubkiln.machine.vm import TCG_CPU_MODEL
+from hubkiln.proc import run
+from hubkiln.stages import artifacts
+from hubkiln.stages.formats import VmResources
 
 LIBVIRT_URI = "qemu:///system"
 DEFAULT_POOL_DIR = Path("/var/lib/libvirt/images")
@@ -82,9 +82,9 @@ def artifact_from_manifest(manifest: dict[str, Any], folder: Path,
 
 def load_artifact(profile_ref: str, image: str | None = None) -> Artifact:
     """The profile's last build, or a single qcow2 `image` standing in for it."""
-    from .formats import vm_resources
-    from .profile import load_profile
-    from .render import output_dir
+    from hubkiln.config.profile import load_profile
+    from hubkiln.paths import output_dir
+    from hubkiln.stages.formats import vm_resources
 
     profile = load_profile(profile_ref)
     resources = vm_resources(profile["hub"]["limits"])
@@ -249,7 +249,7 @@ class LibvirtResult:
 
 def check_libvirtd(uri: str = LIBVIRT_URI, log: Path | None = None) -> None:
     """PreflightError unless virsh is installed and libvirtd answers at `uri`."""
-    from .preflight import check_requirements
+    from hubkiln.preflight import check_requirements
 
     if not check_requirements(["virsh"]).ok:
         raise PreflightError("virsh is not installed",
@@ -289,7 +289,7 @@ def publish_libvirt(artifact: Artifact, *, pool: str = "default", name: str | No
                     log: Path | None = None) -> LibvirtResult:
     """Import the artifact's qcow2 into `pool` and define a domain named `name` (the image's
     stem by default) that is ready to start. Refuses to overwrite an existing domain or volume."""
-    from .accel import choose_accelerator
+    from hubkiln.machine.accel import choose_accelerator
 
     image = artifact.path("qcow2")
     name = name or artifact.stem

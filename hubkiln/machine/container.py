@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .disk import parse_sgdisk_print
-from .errors import BuildError
-from .preflight import check_host_tools
+from hubkiln.errors import BuildError
+from hubkiln.preflight import check_host_tools
+from hubkiln.stages.disk import parse_sgdisk_print
 
 #: Options that matter on build hosts whose PID 1 is not systemd (no machined, no
 #: scope units) and whose cgroups are hybrid.

@@ -37,13 +37,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import accel, artifacts, chroot, launch, loadclient, seed
-from .errors import BuildError
-from .guest import settings as guest_settings
-from .profile import PROJECT_DIR, Profile, load_profile
-from .progress import Progress
-from .render import output_dir
-from .vm import Vm, VmSpec, free_port
+from hubkiln.capacity import client as loadclient
+from hubkiln.config import launch
+from hubkiln.config.guest import settings as guest_settings
+from hubkiln.config.profile import Profile, load_profile
+from hubkiln.errors import BuildError
+from hubkiln.machine import accel, seed
+from hubkiln.machine.vm import Vm, VmSpec, free_port
+from hubkiln.paths import PROJECT_DIR, output_dir
+from hubkiln.progress import Progress
+from hubkiln.stages import artifacts, chroot
 
 ENGINES = ("container", "vm")  # and "auto", which picks one (choose_engine)
 MAX_STUDENTS = 500
@@ -473,7 +476,7 @@ def drive_class(machine: Any, files: list[Path], log: Path, timeout: float
     try:
         with open(log, "w", encoding="utf-8") as out:
             finished = subprocess.run(
-                machine.client([sys.executable, "-m", "hubkiln.loadclient",
+                machine.client([sys.executable, "-m", "hubkiln.capacity.client",
                                 *map(str, files)]), cwd=PROJECT_DIR, stdout=out,
                 stderr=subprocess.STDOUT, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -497,7 +500,7 @@ def boot(engine: str, image: Path, settings: launch.Launch, key: Path, work: Pat
     answers commands; always torn down."""
     user_data, meta_data = launch.render_user_data(settings), launch.render_meta_data(settings)
     if engine == "container":
-        from .container import Container, ContainerSpec
+        from hubkiln.machine.container import Container, ContainerSpec
 
         spec = ContainerSpec(image=image, seed={"user-data": user_data, "meta-data": meta_data},
                              work=work / "container", console_log=logs / "loadtest-console.log",

@@ -1,7 +1,7 @@
 """The class-start load client: simulated students of one hub, driven as a browser would.
 
 Run by hubkiln/loadtest.py inside the network namespace of a container of the image
-(`python -m hubkiln.loadclient PLAN RESULTS`), it reads a plan (JSON: the hub's URL,
+(`python -m hubkiln.capacity.client PLAN RESULTS`), it reads a plan (JSON: the hub's URL,
 the roster with each student's enrolment code and arrival time, the admin's password,
 the cells to run) and writes what it measured (JSON). Each student, at its arrival
 time: the login form (username, password, enrolment code, _xsrf), the wait for the
@@ -452,7 +452,7 @@ async def run_plan(plan: dict[str, Any], log=None) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m hubkiln.loadclient PLAN.json RESULTS.json", file=sys.stderr)
+        print("usage: python -m hubkiln.capacity.client PLAN.json RESULTS.json", file=sys.stderr)
         return 2
     plan = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     # A few connections per student: 500 students need more than the usual 1024 files.

@@ -20,9 +20,8 @@ from typing import Any
 
 import yaml
 
-from .profile import PROJECT_DIR, Profile
-
-PROVISION_DIR = PROJECT_DIR / "provision"
+from hubkiln.config.profile import Profile
+from hubkiln.paths import PROVISION_DIR
 
 #: Where the build copies `provision/` inside a guest or chroot.
 GUEST_PROVISION_DIR = "/run/hubkiln-build/provision"

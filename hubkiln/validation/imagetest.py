@@ -27,15 +27,17 @@ from typing import Any
 
 import yaml
 
-from . import accel, artifacts, boottime, launch, seed
-from .errors import BuildError
-from .guest import settings as guest_settings
-from .profile import PROJECT_DIR, Profile, parse_size
-from .progress import Progress
-from .render import output_dir
-from .vm import Vm, VmSpec, free_port, ssh_command
+from hubkiln.config import launch
+from hubkiln.config.guest import settings as guest_settings
+from hubkiln.config.profile import Profile, parse_size
+from hubkiln.errors import BuildError
+from hubkiln.machine import accel, seed
+from hubkiln.machine.vm import Vm, VmSpec, free_port, ssh_command
+from hubkiln.paths import IMAGE_TESTS, PROJECT_DIR, output_dir
+from hubkiln.progress import Progress
+from hubkiln.stages import artifacts
+from hubkiln.validation import boottime
 
-IMAGE_TESTS = PROJECT_DIR / "tests" / "image"
 FAILED_MARKER = "VALIDATION-FAILED"
 TEST_ADMIN = "teacher"
 #: The admin's SSH account (with sudo), which the tests log in as: not the hub account.
@@ -422,7 +424,7 @@ def validate_in_container(profile: Profile, image: Path, progress: Progress,
                           logs: Path) -> dict[str, Any]:
     """The container's share: boot the image in systemd-nspawn and run the tests from
     inside its network namespace (the guest's 22, 80 and 443 on 127.0.0.1)."""
-    from .container import Container, ContainerSpec
+    from hubkiln.machine.container import Container, ContainerSpec
 
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -45,16 +45,11 @@ from typing import Any
 
 import yaml
 
-from . import seed
-from .errors import BuildError, HubkilnError, ProblemsError
-from .guest import auth as guest_auth
-from .guest import front as guest_front
-from .guest import schema as guest_schema
-from .guest import settings as guest_settings
-from .preflight import check_host_tools
-from .profile import (
-    PACKAGE_DIR,
-    PROJECT_DIR,
+from hubkiln.config.guest import auth as guest_auth
+from hubkiln.config.guest import front as guest_front
+from hubkiln.config.guest import schema as guest_schema
+from hubkiln.config.guest import settings as guest_settings
+from hubkiln.config.profile import (
     KeyPath,
     Profile,
     display_path,
@@ -62,9 +57,13 @@ from .profile import (
     read_yaml_mapping,
     show,
 )
+from hubkiln.errors import BuildError, HubkilnError, ProblemsError
+from hubkiln.machine import seed
+from hubkiln.paths import DOCS_DIR, EXAMPLES_DIR
+from hubkiln.preflight import check_host_tools
 
-LAUNCH_SCHEMA_FILE = PACKAGE_DIR / "launch_schema.yaml"
-LAUNCH_DOC = PROJECT_DIR / "docs" / "launch.md"
+LAUNCH_SCHEMA_FILE = Path(__file__).resolve().parent / "launch_schema.yaml"
+LAUNCH_DOC = DOCS_DIR / "launch.md"
 
 #: Where the image reads the launch document (written by cloud-init, root only).
 GUEST_LAUNCH_FILE = "/etc/hubkiln/launch.yaml"
@@ -787,17 +786,19 @@ def write_seed(launch: Launch, *, iso: Path | None = None, user_data: Path | Non
 # --- the generated parts of docs/launch.md --------------------------------------------------
 
 REFERENCE_BEGIN = ("<!-- launch-reference:begin (generated from hubkiln/launch_schema.yaml "
-                   "by hubkiln.launch.update_launch_doc) -->")
+                   "by hubkiln.config.launch.update_launch_doc) -->")
 REFERENCE_END = "<!-- launch-reference:end -->"
 EXAMPLE_BEGIN = ("<!-- launch-example:begin (user-data of examples/launch.yaml, generated "
-                 "by hubkiln.launch.update_launch_doc) -->")
+                 "by hubkiln.config.launch.update_launch_doc) -->")
 EXAMPLE_END = "<!-- launch-example:end -->"
-EXAMPLE_FILE = PROJECT_DIR / "examples" / "launch.yaml"
+EXAMPLE_FILE = EXAMPLES_DIR / "launch.yaml"
 
 
 def render_launch_reference() -> str:
     """The Markdown table of every launch key: allowed values, default, meaning."""
-    from .reference import render_table  # reference imports profile, as this module does
+    from hubkiln.config.reference import (
+        render_table,  # reference imports profile, as this module does
+    )
     return render_table(load_launch_schema())
 
 
@@ -912,8 +913,8 @@ def check_port_free(port: int, option: str) -> None:
 
 def find_built_image(profile: Profile, profile_ref: str, output_root: Path | None = None) -> Path:
     """The qcow2 image that the last build of `profile` left; raise with a hint if none."""
-    from .artifacts import read_manifest
-    from .render import OUTPUT_DIR, output_dir
+    from hubkiln.paths import OUTPUT_DIR, output_dir
+    from hubkiln.stages.artifacts import read_manifest
 
     out = output_dir(profile, output_root or OUTPUT_DIR)
     hint = f"run `invoke build --profile={profile_ref}` first"
@@ -963,10 +964,10 @@ def boot_locally(
 
     With `data_disk` (a qcow2 file, made blank when missing) /home lives on that
     disk and outlives the VM: boot a newer image with the same file to keep the work."""
-    from .accel import choose_accelerator
-    from .progress import Progress, format_seconds
-    from .render import OUTPUT_DIR, output_dir
-    from .vm import Vm, VmSpec, free_port
+    from hubkiln.machine.accel import choose_accelerator
+    from hubkiln.machine.vm import Vm, VmSpec, free_port
+    from hubkiln.paths import OUTPUT_DIR, output_dir
+    from hubkiln.progress import Progress, format_seconds
 
     image = find_built_image(profile, profile_ref, output_root)
     work = output_dir(profile, output_root or OUTPUT_DIR) / "launch"
@@ -1042,8 +1043,8 @@ DATA_DISK_SIZE = "10G"
 
 def ensure_data_disk(disk: Path, size: str = DATA_DISK_SIZE) -> str:
     """Make a blank qcow2 data disk at `disk` unless one is there; say what was done."""
-    from .proc import run
-    from .vm import create_data_disk_command
+    from hubkiln.machine.vm import create_data_disk_command
+    from hubkiln.proc import run
 
     if not disk.exists():
         disk.parent.mkdir(parents=True, exist_ok=True)
@@ -1074,7 +1075,7 @@ def launch_profile(profile_ref: str, *, config: str | None, https_port: int, ssh
                    accelerator: str | None, timeout: float,
                    data_disk: str | None = None) -> None:
     """`invoke launch`: load the profile and the launch file, then boot_locally."""
-    from .profile import load_profile
+    from hubkiln.config.profile import load_profile
 
     profile = load_profile(profile_ref)
     settings = load_launch(config) if config else None
