@@ -11,21 +11,28 @@ import sys
 
 from invoke import Exit, task
 
-from hubkiln import actions
+from hubkiln import actions, proc
 from hubkiln.errors import HubkilnError
 
 PROFILE_HELP = "Profile name in profiles/ (like `optimization`) or a path to a YAML file."
 
 
 def reports_errors(func):
-    """Turn a HubkilnError into `Exit` with its message and hint, exit status 1."""
+    """Turn a HubkilnError into `Exit` with its message and hint, exit status 1, and an
+    interruption (Ctrl-C, SIGTERM) into a one-line note, exit status 130: by then every
+    child process is stopped and every temporary folder and mount removed."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with proc.terminated_by_sigterm():
+                return func(*args, **kwargs)
         except HubkilnError as exc:
             raise Exit(f"error: {exc}", code=1) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted: stopped every process it had started; nothing new "
+                       "is in output/ (the last image, if any, is where it was)",
+                       code=130) from None
 
     return wrapper
 
@@ -33,17 +40,10 @@ def reports_errors(func):
 @task(help={"profile": PROFILE_HELP})
 @reports_errors
 def render(c, profile="optimization"):
-    """Validate a profile and render its Packer templates into output/<profile>/packer/."""
+    """Check a profile, render its Packer templates into output/<profile>/packer/ and check
+    them with `packer validate`."""
     _, folder = actions.render(profile)
-    print(f"rendered {folder}")
-
-
-@task(help={"profile": PROFILE_HELP})
-@reports_errors
-def validate(c, profile="optimization"):
-    """Render a profile's templates, then check them with `packer validate`."""
-    _, folder = actions.validate(profile)
-    print(f"valid: {folder}")
+    print(f"rendered and checked {folder}")
 
 
 @task(
@@ -55,7 +55,7 @@ def validate(c, profile="optimization"):
         "faults": "Validation also runs the fault tests and the reboot (about 8 min under "
         "TCG, mostly while the Lynis audit runs anyway).",
         "engine": "Which machines prove the image: `auto` (default), `vm` or `container` "
-        "(see `invoke test --help`).",
+        "(see `invoke validate --help`).",
         "loadtest": "After validation, measure a class start of N students (`invoke loadtest "
         "--help`: logins over 60 s, 120 s active) and put the sizing line in the manifest.",
     },
@@ -88,13 +88,13 @@ def build(c, profile="optimization", accel=None, verbose=False, skip_validation=
     "the tests that need the VM are not run, and the run is not recorded).",
 })
 @reports_errors
-def test(c, profile="optimization", image=None, accel=None, faults=False, select=None,
-         engine="auto"):
+def validate(c, profile="optimization", image=None, accel=None, faults=False, select=None,
+             engine="auto"):
     """Boot a built image fresh on a snapshot and validate it with tests/image (testinfra)."""
     if faults:
         os.environ["HUBKILN_TEST_FAULTS"] = "1"  # read by tests/image/conftest.py
-    record = actions.test_image(profile, image=image, accelerator=accel, select=select,
-                                engine=engine)
+    record = actions.validate(profile, image=image, accelerator=accel, select=select,
+                              engine=engine)
     partial = f" (only tests matching {select!r}; not recorded)" if select else ""
     if record.get("not_run"):
         partial += f"; not run: {record['not_run']} (not recorded)"
@@ -121,20 +121,18 @@ def test(c, profile="optimization", image=None, accel=None, faults=False, select
 def loadtest(c, profile="optimization", students=0, ramp=60, active=120,
              engine="auto", image=None, prestart=False):
     """Class start, measured: N students log in, spawn and run cells; writes capacity.json."""
-    from hubkiln.capacity import loadtest as loadtest_module
-
-    record = loadtest_module.run_loadtest(profile, students=students, ramp=ramp,
-                                          active=active, engine=engine, image=image,
-                                          prestart=prestart)
+    record = actions.measure_class_start(profile, students=students, ramp=ramp,
+                                         active=active, engine=engine, image=image,
+                                         prestart=prestart)
     print(record["sizing"])
 
 
 @task
 @reports_errors
 def docs(c):
-    """Regenerate the README's profile reference from hubkiln/schema.yaml."""
+    """Regenerate the profile reference in README.md and the launch file's in docs/launch.md."""
     changed = actions.update_docs()
-    print("README.md updated" if changed else "README.md already up to date")
+    print("README.md and docs/launch.md: " + ("updated" if changed else "already up to date"))
 
 
 @task(help={"all": "Also remove the caches (bootstrapped and provisioned root filesystems)."})
@@ -147,8 +145,8 @@ def clean(c, all=False):
 
 @task(help={"fast": "Run only the unit tests and linters (no VM boots).",
             "slow": "Also run the tests marked slow (the new-term test)."})
-def check(c, fast=False, slow=False):
-    """Run the test suite: unit tests and linters first, then the end-to-end image build."""
+def test(c, fast=False, slow=False):
+    """Run hubkiln's test suite: unit tests and linters first, then the end-to-end build."""
     pytest = f"{sys.executable} -m pytest"
     c.run(f"{pytest} -m 'not vm'", pty=False)
     if not fast:
@@ -214,9 +212,7 @@ def launch(c, profile="optimization", config=None, https_port=0, ssh_port=0, acc
 def publish(c, profile="optimization", to=None, pool="default", name=None, firmware="bios",
             network=None, image=None, accel=None):
     """Publish the built image: into a local libvirt, or print a cloud's exact commands."""
-    from hubkiln.deliver import publish as publish_module
-
-    for line in publish_module.publish(profile, to=to or "", pool=pool, name=name,
-                                       firmware=firmware, network=network, image=image,
-                                       accelerator=accel):
+    for line in actions.publish_image(profile, to=to or "", pool=pool, name=name,
+                                      firmware=firmware, network=network, image=image,
+                                      accelerator=accel):
         print(line)

@@ -39,6 +39,7 @@ class Named(Protocol):
     name: str
 
 
-def output_dir(profile: Named, root: Path = OUTPUT_DIR) -> Path:
-    """The folder that holds a profile's image, manifest, logs and rendered templates."""
-    return root / profile.name
+def output_dir(profile: Named, root: Path | None = None) -> Path:
+    """The folder that holds a profile's image, manifest, logs and rendered templates
+    (under OUTPUT_DIR unless `root` is given)."""
+    return (OUTPUT_DIR if root is None else root) / profile.name

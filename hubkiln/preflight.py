@@ -45,7 +45,7 @@ HOST_PACKAGES: dict[str, str] = {
     "chromium": "chromium",  # the validation's browser test (tests/image/test_browser.py)
     "virsh": "libvirt-clients",  # invoke publish --to libvirt
     "libvirtd": "libvirt-daemon-system",
-    "systemd-nspawn": "systemd-container",  # the container engine (hubkiln/container.py)
+    "systemd-nspawn": "systemd-container",  # the container engine (hubkiln/machine/container.py)
     "caddy": "caddy",  # checks the front's configs (tests/image/test_guest_logic.py)
     "fail2ban-regex": "fail2ban",  # checks the hub jail's filter (test_hardening_rules.py)
 }

@@ -1,6 +1,6 @@
 """The class-start load client: simulated students of one hub, driven as a browser would.
 
-Run by hubkiln/loadtest.py inside the network namespace of a container of the image
+Run by hubkiln/capacity/loadtest.py inside the network namespace of a container of the image
 (`python -m hubkiln.capacity.client PLAN RESULTS`), it reads a plan (JSON: the hub's URL,
 the roster with each student's enrolment code and arrival time, the admin's password,
 the cells to run) and writes what it measured (JSON). Each student, at its arrival
@@ -31,6 +31,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from hubkiln.capacity.cells import StepFailed, failure_kind
+
 XSRF_FIELD = re.compile(r'name="_xsrf"\s+value="([^"]+)"')
 #: Seconds one HTTP request may take (a login under load took up to 37 s in issue 14).
 REQUEST_TIMEOUT = 120
@@ -45,79 +47,6 @@ POLL_INTERVAL = 2.0
 #: Seconds without another pre-started server before the class starts anyway (the hub
 #: stops pre-starting when memory runs short).
 PRESTART_STALL = 60
-
-
-#: The course's "small computation" in the first cell, after the imports.
-WORKLOADS = {
-    "optimization": (
-        "import pulp\n"
-        "problem = pulp.LpProblem('class_start', pulp.LpMaximize)\n"
-        "x, y = pulp.LpVariable('x', 0, 4), pulp.LpVariable('y', 0, 3)\n"
-        "problem += 3 * x + 2 * y\nproblem += x + y <= 5\n"
-        "problem.solve(pulp.PULP_CBC_CMD(msg=0))\n"
-        "assert pulp.value(problem.objective) == 14, pulp.value(problem.objective)\n"),
-    "ci": (
-        "import networkx as nx\n"
-        "assert nx.shortest_path_length(nx.grid_2d_graph(30, 30), (0, 0), (29, 29)) == 58\n"),
-}
-DEFAULT_WORKLOAD = "assert sum(i * i for i in range(10**6)) == 333332833333500000\n"
-ACTIVE_CELL = "sum(i * i for i in range(10**5))"
-IMPORT_CELL = """\
-import importlib, importlib.metadata as metadata, re
-def _norm(name):
-    return re.sub(r"[-_.]+", "_", name).lower()
-_by_dist = {{}}
-for _module, _dists in metadata.packages_distributions().items():
-    for _dist in _dists:
-        _by_dist.setdefault(_norm(_dist), set()).add(_module)
-for _dist in {wanted!r}:
-    _modules = _by_dist.get(_dist)
-    if not _modules:
-        raise ModuleNotFoundError(f"no module of the course package {{_dist}}")
-    for _module in ([_dist] if _dist in _modules else sorted(_modules)):
-        if not _module.startswith("_"):
-            importlib.import_module(_module)
-"""
-
-
-def distribution_names(packages: list[str]) -> list[str]:
-    """Normalised distribution names of requirement specifiers (`pulp==3.3.2` -> pulp)."""
-    names = []
-    for spec in packages:
-        match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec.strip())
-        if match:
-            names.append(re.sub(r"[-_.]+", "_", match.group(0)).lower())
-    return names
-
-
-def first_cell(profile_name: str, packages: list[str]) -> str:
-    """The first cell: import the course's packages, then the course's small workload."""
-    return (IMPORT_CELL.format(wanted=distribution_names(packages))
-            + WORKLOADS.get(profile_name, DEFAULT_WORKLOAD))
-
-
-
-class StepFailed(Exception):
-    """A step of a student's session did not succeed; `kind` groups failures alike."""
-
-    def __init__(self, kind: str, detail: str = ""):
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind, self.detail = kind, detail
-
-
-def failure_kind(error: BaseException) -> str:
-    """How a failure is counted: HTTP status, timeout, websocket error text, ... (pure)."""
-    if isinstance(error, StepFailed):
-        return error.kind
-    if isinstance(error, aiohttp.WSServerHandshakeError):
-        return f"websocket handshake HTTP {error.status}"
-    if isinstance(error, aiohttp.ClientResponseError):
-        return f"HTTP {error.status}"
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    if isinstance(error, aiohttp.ClientConnectionError):
-        return f"connection: {type(error).__name__}"
-    return f"error: {type(error).__name__}"
 
 
 class Student:

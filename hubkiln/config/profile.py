@@ -14,6 +14,7 @@ profile cannot remove a key that the profile it extends sets (only override).
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -35,7 +36,7 @@ KeyPath = tuple[str | int, ...]
 
 @cache
 def load_schema() -> dict[str, Any]:
-    """The profile schema (hubkiln/schema.yaml) with the image's settings contract
+    """The profile schema (hubkiln/config/schema.yaml) with the image's settings contract
     embedded (its `$defs`, which the hub's keys `$ref`)."""
     return guest_schema().embedding(yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8")))
 
@@ -288,3 +289,30 @@ def load_profile(ref: str | os.PathLike, profiles_dir: Path = PROFILES_DIR) -> P
 def parse_size(text: str) -> int:
     """Bytes of a schema-valid size like `2G` or `1.5G` (binary units): the image's reading."""
     return guest_schema().parse_size(text)
+
+
+#: Memory left for the OS, the hub and its proxy besides one student's server.
+HUB_OVERHEAD_MIB = 1024
+
+
+MIN_MEMORY_MIB = 2048
+
+
+MIN_CPUS = 2
+
+
+@dataclass(frozen=True)
+class VmResources:
+    """CPUs and memory of a VM made from the image (OVF, libvirt domain)."""
+
+    cpus: int
+    memory_mib: int
+
+
+def vm_resources(limits: dict[str, Any]) -> VmResources:
+    """A VM that runs the hub and one student's server at the profile's `hub.limits`:
+    the student's memory plus HUB_OVERHEAD_MIB (at least 2 GiB), their CPUs (at least 2).
+    Size a class's VM at launch; this is a starting point, not a capacity plan."""
+    student = parse_size(limits["memory"]) >> 20
+    return VmResources(cpus=max(MIN_CPUS, math.ceil(limits["cpu"])),
+                       memory_mib=max(MIN_MEMORY_MIB, student + HUB_OVERHEAD_MIB))

@@ -8,7 +8,7 @@ private network. The test launch settings reach cloud-init as a NoCloud seed
 folder in the overlay. Everything (container, mounts, scratch) is removed on
 exit, also after Ctrl-C.
 
-What a container cannot prove, the VM still does (hubkiln/imagetest.py picks the
+What a container cannot prove, the VM still does (hubkiln/validation/imagetest.py picks the
 engine per test): the image's own kernel and boot loader, the firewall as the
 host sees it, cgroup limits (this host may run cgroup v1 controllers), auditd,
 AppArmor, reboots and the Lynis audit. Reach the container's network with
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from hubkiln.errors import BuildError
 from hubkiln.preflight import check_host_tools
+from hubkiln.proc import Child
 from hubkiln.stages.disk import parse_sgdisk_print
 
 #: Options that matter on build hosts whose PID 1 is not systemd (no machined, no
@@ -79,7 +80,7 @@ class Container:
 
     def __init__(self, spec: ContainerSpec):
         self.spec = spec
-        self.process: subprocess.Popen | None = None
+        self.process: Child | None = None
         self.leader: int | None = None
         self._mounts: list[Path] = []
         self._log = None
@@ -127,9 +128,8 @@ class Container:
             path.chmod(0o600)
         spec.console_log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(spec.console_log, "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(
-            nspawn_command(tree, spec.machine), stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = Child(nspawn_command(tree, spec.machine), output=self._log,
+                             name="systemd-nspawn", stop_signals=())
         self.leader = self._wait_for_leader()
 
     def _wait_for_leader(self, timeout: float = 60) -> int:
@@ -137,9 +137,8 @@ class Container:
         assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BuildError(f"systemd-nspawn ended at once ({self.process.returncode}):\n"
-                                 f"{self.console_tail()}")
+            if self.process.exited():
+                raise BuildError(f"systemd-nspawn ended at once:\n{self.console_tail()}")
             for child in children(self.process.pid):
                 with contextlib.suppress(OSError):
                     if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
@@ -150,7 +149,7 @@ class Container:
 
     # ------------------------------------------------------------ use
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and not self.process.exited()
 
     def in_netns(self, command: list[str]) -> list[str]:
         assert self.leader is not None, "the container is not running"
@@ -172,20 +171,21 @@ class Container:
     def stop(self, grace: float = 30) -> None:
         """Power the container off (SIGRTMIN+4 to its init, as machinectl poweroff does),
         then kill what is left, unmount and remove the scratch folder."""
-        if self.process and self.process.poll() is None:
-            if self.leader:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.leader, signal.SIGRTMIN + 4)
+        if self.process:
             try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                if self.leader:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self.leader, signal.SIGKILL)
-                self.process.wait()
-        self.process = None
+                if not self.process.exited():
+                    if self.leader:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(self.leader, signal.SIGRTMIN + 4)
+                    if not self.process.wait(grace):
+                        # The container's init is in its own session: kill it by pid too.
+                        if self.leader:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(self.leader, signal.SIGKILL)
+                        self.process.stop()  # SIGKILL to systemd-nspawn's group
+            finally:
+                self.process.reap()
+                self.process = None
         if self._log:
             self._log.close()
             self._log = None

@@ -15,8 +15,6 @@ data disk file, so two guests cannot share one.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
 import signal
@@ -25,8 +23,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from hubkiln.errors import BuildError
+from hubkiln.proc import Child
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
@@ -162,7 +162,8 @@ class Vm:
 
     def __init__(self, spec: VmSpec):
         self.spec = spec
-        self.process: subprocess.Popen | None = None
+        self.process: Child | None = None
+        self._output: IO | None = None
 
     def __enter__(self) -> Vm:
         self.start()
@@ -176,13 +177,23 @@ class Vm:
         if spec.firmware == "uefi" and spec.uefi_vars and not spec.uefi_vars.exists():
             shutil.copyfile(OVMF_VARS, spec.uefi_vars)
         spec.serial_log.parent.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            qemu_command(spec), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self._output = open(self.output_log, "wb")  # noqa: SIM115 (closed in stop)
+        self.process = Child(qemu_command(spec), output=self._output, name="qemu",
+                             stop_signals=((signal.SIGTERM, 5.0),))
+
+    @property
+    def output_log(self) -> Path:
+        """What qemu itself prints (a refused option, a failed device), beside the console."""
+        return self.spec.serial_log.with_name(self.spec.serial_log.stem + "-qemu.log")
+
+    def output(self) -> str:
+        try:
+            return self.output_log.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            return ""
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and not self.process.exited()
 
     def kernel_panic(self) -> str | None:
         """The guest kernel's panic, as its console showed it (find_kernel_panic)."""
@@ -214,9 +225,7 @@ class Vm:
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if not self.alive():
-                output = self.process.stdout.read().decode(errors="replace") if self.process \
-                    and self.process.stdout else ""
-                raise BuildError(f"the VM stopped before SSH answered:\n{output}\n"
+                raise BuildError(f"the VM stopped before SSH answered:\n{self.output()}\n"
                                  f"{self.serial_tail()}")
             result = self.ssh(user, key, "true", timeout=30, check=False)
             if result.returncode == 0:
@@ -236,25 +245,18 @@ class Vm:
         # The connection drops while the guest goes down: its status says nothing.
         self.ssh(user, key, "sudo -n systemctl poweroff", check=False, timeout=60)
         assert self.process is not None
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
+        return self.process.wait(timeout)
 
-    def stop(self, grace: float = 5) -> None:
-        """Stop qemu and everything it started; never leave a guest running."""
-        if not self.process:
-            return
-        if self.process.poll() is None:
+    def stop(self) -> None:
+        """Stop qemu and everything it started (SIGTERM, 5 s, SIGKILL); never leave a guest
+        running."""
+        if self.process:
             try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=grace)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                # It may end between the two signals: then there is nothing left to stop.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
-        self.process = None
+                if not self.process.exited():
+                    self.process.stop()
+            finally:
+                self.process.reap()
+                self.process = None
+        if self._output:
+            self._output.close()
+            self._output = None

@@ -2,13 +2,13 @@
 
 The inventory (every apt, pip and npm package with its version) is read from
 the provisioned tree's own files, without running anything inside it. A build
-writes its outputs into a candidate folder beside the published one and
+writes its outputs into a candidate folder beside the current one and
 validates them there; only a validated candidate (or one built with
 validation explicitly skipped, marked `not-run`) replaces `output/<profile>/`,
 by renames. A candidate that failed validation becomes `<profile>.failed/`;
 an interrupted build leaves `<profile>.candidate/`, which nothing reads as an
 image and the next build removes. Limits: the swap is two renames, so a
-crash between them leaves the published folder aside as `<profile>.previous/`
+crash between them leaves the current folder aside as `<profile>.previous/`
 for a moment; the next build puts it back (see `start_candidate`).
 """
 
@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hubkiln import paths
+from hubkiln.config.profile import Profile
+
 MANIFEST = "manifest.json"
 #: Beside the manifest: what the image is, how it was proven, how many students it served.
 README = "README.md"
 SUMS = "SHA256SUMS"
-#: Validation outcomes under which a candidate replaces the published folder.
-PUBLISHABLE = ("passed", "not-run")
+#: Validation outcomes under which a candidate replaces the current folder.
+BECOMES_CURRENT = ("passed", "not-run")
 
 
 def image_stem(profile_name: str, version: str, date: str) -> str:
@@ -120,48 +123,48 @@ def kernel_version(tree: Path) -> str:
     return Path(target).name.removeprefix("vmlinuz-")
 
 
-# --- publishing, by folder ----------------------------------------------------
+# --- the current folder, and the candidate that replaces it ---------------
 
 
 @dataclass(frozen=True)
 class Folders:
     """The folders that one profile's builds use, side by side in `output/`.
 
-    `published` is the only one that launch, test and publish read; the others are
+    `current` is the only one that launch, validate and publish read; the others are
     named after it, so no profile (lower-case letters, digits, dashes) can clash."""
 
-    published: Path
+    current: Path
     candidate: Path
     failed: Path
     aside: Path
 
     @classmethod
-    def of(cls, published: Path) -> Folders:
+    def of(cls, current: Path) -> Folders:
         def beside(suffix: str) -> Path:
-            return published.with_name(published.name + suffix)
+            return current.with_name(current.name + suffix)
 
-        return cls(published=published, candidate=beside(".candidate"),
+        return cls(current=current, candidate=beside(".candidate"),
                    failed=beside(".failed"), aside=beside(".previous"))
 
 
 def destination(folders: Folders, manifest: dict[str, Any] | None) -> Path:
     """Where a finished candidate goes, by the validation status in its manifest (pure):
-    `published` when it passed or validation was skipped (`not-run`), else `failed`."""
+    `current` when it passed or validation was skipped (`not-run`), else `failed`."""
     status = ((manifest or {}).get("validation") or {}).get("status")
-    return folders.published if status in PUBLISHABLE else folders.failed
+    return folders.current if status in BECOMES_CURRENT else folders.failed
 
 
 def start_candidate(folders: Folders) -> None:
     """Make an empty candidate folder, after undoing what an interrupted build left.
 
-    A published folder caught aside in the middle of a swap goes back (it was the last
-    published image; the candidate had not yet taken its place), or is removed when the
+    A current folder caught aside in the middle of a swap goes back (it was the last
+    current image; the candidate had not yet taken its place), or is removed when the
     swap had finished. A stale candidate is removed."""
     if folders.aside.exists():
-        if folders.published.exists():
+        if folders.current.exists():
             shutil.rmtree(folders.aside)
         else:
-            os.replace(folders.aside, folders.published)
+            os.replace(folders.aside, folders.current)
     if folders.candidate.exists():
         shutil.rmtree(folders.candidate)
     folders.candidate.mkdir(parents=True)
@@ -171,13 +174,13 @@ def settle(folders: Folders) -> Path:
     """Move the finished candidate where `destination` says; return that folder.
 
     Any failed folder goes first: a newer image supersedes it, or a newer failure
-    replaces it. Publishing then renames the published folder aside and the candidate
-    into its place, and removes the old one; a failure leaves the published folder alone."""
+    replaces it. A passed candidate then renames the current folder aside and the candidate
+    into its place, and removes the old one; a failure leaves the current folder alone."""
     dest = destination(folders, read_manifest(folders.candidate))
     if folders.failed.exists():
         shutil.rmtree(folders.failed)
-    if dest == folders.published and folders.published.exists():
-        os.replace(folders.published, folders.aside)
+    if dest == folders.current and folders.current.exists():
+        os.replace(folders.current, folders.aside)
     os.replace(folders.candidate, dest)
     if folders.aside.exists():
         shutil.rmtree(folders.aside)
@@ -267,3 +270,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+@dataclass
+class BuildPaths:
+    """Where one build of one profile reads and writes; `out` is its candidate folder."""
+
+    out: Path
+    logs: Path
+    work: Path
+    cache: Path
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> BuildPaths:
+        out = Folders.of(paths.output_dir(profile)).candidate
+        return cls(out=out, logs=out / "logs", work=paths.CACHE_DIR / "work" / profile.name,
+                   cache=paths.CACHE_DIR / "rootfs")

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubkiln.errors import BuildError, PreflightError
-from hubkiln.proc import run
+from hubkiln.proc import run, terminated_by_sigterm
 
 #: Where scripts, support files and the CA bundle live inside the tree (tmpfs).
 BUILD_DIR = "/run/hubkiln-build"
@@ -240,23 +239,6 @@ def _stop_processes_in(root: Path, log: Path) -> None:
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into an exception while in the block, so cleanup runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
 def chroot_session(
     root: Path,
     *,
@@ -282,7 +264,7 @@ def chroot_session(
     policy = root / POLICY_RC_D
     policy_backup = policy.with_name("policy-rc.d.hubkiln-saved")
     touched_resolv = False
-    with sigterm_raises():
+    with terminated_by_sigterm():
         try:
             if policy.exists():
                 policy.rename(policy_backup)

@@ -29,23 +29,19 @@ Process-group cleanup reads /proc, so `run_packer_build` is Linux-only.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import selectors
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from hubkiln.errors import BuildError, PreflightError
-from hubkiln.proc import format_command
+from hubkiln.proc import Child, format_command
 
 ON_ERROR_CHOICES = ("cleanup", "abort", "run-cleanup-provisioner")
 
@@ -257,166 +253,6 @@ class _BuildRecord:
         return "\n".join(parts) or "Packer printed no error message"
 
 
-class _PackerProcess:
-    """A running Packer in its own process group, whose output is pumped line by line."""
-
-    def __init__(
-        self,
-        argv: list[str],
-        *,
-        logf: IO[str],
-        on_event: Callable[[MachineEvent], None] | None,
-        env: dict[str, str],
-        cwd: Path | None,
-    ) -> None:
-        self.logf = logf
-        self.on_event = on_event
-        self.record = _BuildRecord()
-        self._partial = b""
-        self._eof = False
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        self.fd = self.proc.stdout.fileno()
-        self.pgid = self.proc.pid
-
-    # -- output --------------------------------------------------------------
-    def _handle(self, raw: bytes, *, deliver: bool) -> None:
-        line = raw.decode("utf-8", "replace")
-        self.logf.write(line if line.endswith("\n") else line + "\n")
-        self.logf.flush()
-        event = parse_machine_line(line)
-        self.record.add(line, event)
-        if deliver and event is not None and self.on_event is not None:
-            self.on_event(event)
-
-    def _feed(self, data: bytes, *, deliver: bool) -> None:
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for raw in lines:
-            self._handle(raw + b"\n", deliver=deliver)
-
-    def _drain_now(self, *, deliver: bool) -> None:
-        """Read whatever is in the pipe now, without waiting for writers to close it."""
-        if self._eof:
-            return
-        os.set_blocking(self.fd, False)
-        try:
-            while data := os.read(self.fd, 65536):
-                self._feed(data, deliver=deliver)
-            self._eof = True
-        except BlockingIOError:
-            pass  # pipe still open (a straggler holds it) but empty: we have it all
-
-    def flush_partial(self, *, deliver: bool) -> None:
-        if self._partial:
-            raw, self._partial = self._partial, b""
-            self._handle(raw, deliver=deliver)
-
-    # -- process state -------------------------------------------------------
-    def exited(self) -> bool:
-        """True once Packer has exited. Does not reap it, so its pid (= our pgid) stays ours."""
-        if self.proc.returncode is not None:
-            return True
-        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
-        return os.waitid(os.P_PID, self.proc.pid, flags) is not None
-
-    def pump(self, deadline: float | None = None, *, deliver: bool = True) -> bool:
-        """Stream output until Packer exits (True) or `deadline` passes (False)."""
-        next_check = 0.0
-        with selectors.DefaultSelector() as sel:
-            if not self._eof:
-                sel.register(self.fd, selectors.EVENT_READ)
-            while True:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    return False
-                if not self._eof and sel.select(0.2):
-                    data = os.read(self.fd, 65536)
-                    if data:
-                        self._feed(data, deliver=deliver)
-                    else:
-                        self._eof = True
-                        sel.unregister(self.fd)
-                    if now < next_check:
-                        continue  # output is flowing: check for exit only every 0.2 s
-                elif self._eof:
-                    time.sleep(0.05)
-                next_check = now + 0.2
-                if self.exited():
-                    self._drain_now(deliver=deliver)
-                    self.flush_partial(deliver=deliver)
-                    return True
-
-    def signal_group(self, sig: signal.Signals) -> None:
-        # ProcessLookupError: every process of the group is already gone.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pgid, sig)
-
-    def stop(self, interrupt_grace: float, term_grace: float) -> None:
-        """Interrupt Packer so it cleans up; escalate to SIGTERM, then SIGKILL."""
-        self.note(f"stopping Packer: SIGINT to process group {self.pgid}")
-        self.signal_group(signal.SIGINT)
-        try:
-            if self.pump(time.monotonic() + interrupt_grace, deliver=False):
-                return
-            self.note(f"Packer still running after {interrupt_grace:g} s: SIGTERM")
-            self.signal_group(signal.SIGTERM)
-            if self.pump(time.monotonic() + term_grace, deliver=False):
-                return
-        except KeyboardInterrupt:
-            self.note("interrupted again: SIGKILL")
-        self.signal_group(signal.SIGKILL)
-        self.pump(time.monotonic() + 10, deliver=False)
-
-    def kill_stragglers(self, grace: float = 5.0) -> None:
-        """Kill what is left of the group after Packer exited (e.g. an orphaned qemu), then reap."""
-        try:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                left = group_members(self.pgid, exclude=self.proc.pid)
-                if not left:
-                    break
-                names = ", ".join(f"{name} (pid {pid})" for pid, name in left)
-                self.note(f"sending {sig.name} to processes left by Packer: {names}")
-                self.signal_group(sig)
-                end = time.monotonic() + grace
-                while group_members(self.pgid, exclude=self.proc.pid) and time.monotonic() < end:
-                    time.sleep(0.05)
-        finally:
-            if self.proc.returncode is None and not self.exited():
-                self.signal_group(signal.SIGKILL)
-            self.proc.wait()
-            assert self.proc.stdout is not None
-            self.proc.stdout.close()
-
-    def note(self, message: str) -> None:
-        self.logf.write(f"hubkiln: {message}\n")
-        self.logf.flush()
-
-
-def group_members(pgid: int, *, exclude: int | None = None) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes in process group `pgid`, as (pid, command name)."""
-    members: list[tuple[int, str]] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == exclude:
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # the process exited while we looked: not a member any more
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append((int(entry.name), name))
-    return members
-
-
 def run_packer_build(
     argv: Sequence[str | os.PathLike],
     *,
@@ -450,36 +286,50 @@ def run_packer_build(
             hint="Packer puts its plugin sockets there and crashes when the path exceeds the "
             "unix socket limit; use a shorter tmp_parent or TMPDIR (the default /tmp is fine)",
         )
-    full_env = {**os.environ, **PACKER_BASE_ENV, **(env or {}), "TMPDIR": str(tmpdir)}
+    full_env = {**PACKER_BASE_ENV, **(env or {}), "TMPDIR": str(tmpdir)}
+    record = _BuildRecord()
     try:
         with open(log, "a", encoding="utf-8") as logf:
             logf.write(f"$ {format_command(cmd)}\n")
             logf.flush()
+            delivering = [True]
+
+            def on_line(line: str) -> None:
+                logf.write(line if line.endswith("\n") else line + "\n")
+                logf.flush()
+                event = parse_machine_line(line)
+                record.add(line, event)
+                if delivering[0] and event is not None and on_event is not None:
+                    on_event(event)
+
+            def note(message: str) -> None:
+                delivering[0] = False  # stopping: Packer's last words go to the log only
+                logf.write(f"hubkiln: {message}\n")
+                logf.flush()
+
             try:
-                packer = _PackerProcess(cmd, logf=logf, on_event=on_event, env=full_env, cwd=cwd)
+                packer = Child(cmd, env=full_env, cwd=cwd, on_line=on_line, note=note,
+                               name="Packer",
+                               stop_signals=((signal.SIGINT, interrupt_grace),
+                                             (signal.SIGTERM, term_grace)))
             except FileNotFoundError as exc:
                 raise PreflightError(
                     f"cannot run {cmd[0]}: {exc.strerror}", hint="sudo apt-get install packer"
                 ) from exc
-            try:
-                packer.pump()
-            except BaseException:
-                packer.stop(interrupt_grace, term_grace)
-                raise
-            finally:
-                packer.kill_stragglers()
+            with packer:
+                packer.wait()
     finally:
         # Best effort: a temp dir we cannot remove must not hide the build's own outcome.
         shutil.rmtree(tmpdir, ignore_errors=True)
-    status = packer.proc.returncode
+    status = packer.returncode
     if status != 0:
         raise BuildError(
             f"Packer failed with status {status} (full log: {log}): {format_command(cmd)}\n"
-            + packer.record.failure_summary(),
+            + record.failure_summary(),
             hint=f"read {log}; with on_error='abort' Packer keeps the VM and its output "
             "directory so you can inspect the failure",
         )
-    if expect_artifact and packer.record.artifacts == 0:
+    if expect_artifact and record.artifacts == 0:
         raise BuildError(
             f"Packer exited successfully but built nothing (full log: {log}): "
             f"{format_command(cmd)}",

@@ -22,6 +22,10 @@ import yaml
 
 from hubkiln.config.profile import Profile
 from hubkiln.paths import PROVISION_DIR
+from hubkiln.proc import run
+from hubkiln.progress import Progress
+from hubkiln.stages import chroot
+from hubkiln.stages.trees import remove_tree
 
 #: Where the build copies `provision/` inside a guest or chroot.
 GUEST_PROVISION_DIR = "/run/hubkiln-build/provision"
@@ -139,3 +143,42 @@ def provision_env(profile: Profile) -> dict[str, str]:
         "HUBKILN_HARDENING": json.dumps(hardening_settings(profile), sort_keys=True,
                                         separators=(",", ":")),
     }
+
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def build_ca_bundle(profile: Profile, work: Path) -> Path:
+    """The host's CA bundle plus the profile's extra CAs, for the build only."""
+    bundle = work / "build-ca.pem"
+    parts = [HOST_CA_BUNDLE.read_text()] if HOST_CA_BUNDLE.exists() else []
+    parts += [Path(p).read_text() for p in profile["base"]["build_ca_certificates"]]
+    bundle.write_text("\n".join(parts))
+    return bundle
+
+
+def provision(tree: Path, steps: list[Step], env: dict[str, str], ca: Path, proxy: str | None,
+              log: Path, progress: Progress) -> None:
+    """Run `steps` inside a chroot of `tree`, in order."""
+    with chroot.chroot_session(tree, ca_bundle=ca, log=log, proxy=proxy) as session:
+        for step in steps:
+            progress.detail(f"{step.script}: {step.doc}")
+            chroot.run_script(session, script_path(step), step_env([step], env), log,
+                              support_dir=PROVISION_DIR)
+
+
+def stage_settings(profile: Profile, tree: Path) -> None:
+    """Put the profile's hub settings drop-in into the tree for 50-hub-config.sh."""
+    target = tree / HUB_SETTINGS_STAGING.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_hub_settings(profile), encoding="utf-8")
+
+
+def stage_content(profile: Profile, tree: Path, log: Path) -> None:
+    """Copy the profile's content folders into the tree for 60-content.sh to install."""
+    staging = tree / CONTENT_STAGING.lstrip("/")
+    remove_tree(staging, log)
+    staging.mkdir(parents=True)
+    for folder in profile["content"]["folders"]:
+        run(["cp", "-r", "--no-preserve=ownership", f"{folder['source']}/.",
+             str(staging / folder["name"])], log=log)

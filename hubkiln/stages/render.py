@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,10 @@ import jinja2
 
 from hubkiln import __version__
 from hubkiln.config.profile import Profile, parse_size
+from hubkiln.errors import BuildError
 from hubkiln.paths import PROJECT_DIR, TEMPLATE_DIR, output_dir
+from hubkiln.preflight import check_host_tools
+from hubkiln.stages import packer
 from hubkiln.stages.hcl import to_hcl
 from hubkiln.stages.provision import (
     CONTENT_STAGING,
@@ -224,3 +228,44 @@ def render_templates(
         if staging.exists():
             shutil.rmtree(staging)
     return dest
+
+
+#: Placeholder values that let `packer validate` check cloud sources here;
+#: the real ones are given when a cloud build runs.
+CLOUD_PLACEHOLDERS = {
+    "cloud_region": "placeholder-region-1",
+    "cloud_project": "placeholder-project",
+    "cloud_resource_group": "placeholder-group",
+}
+
+
+def template_check_vars(scratch: Path, profile: Profile) -> dict[str, str]:
+    """Per-build variables that point at throwaway files, for `packer validate` only."""
+    key = scratch / "check-key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hubkiln-check", "-f", str(key)],
+        check=True,
+    )
+    seed = scratch / "seed"
+    seed.mkdir()
+    for name in ("user-data", "meta-data"):
+        (seed / name).write_text("#cloud-config\n" if name == "user-data" else "")
+    values = {"ssh_private_key_file": str(key), "seed_dir": str(seed)}
+    if profile["outputs"]["cloud_builders"]:
+        values.update(CLOUD_PLACEHOLDERS)
+    return values
+
+
+def check_templates(profile: Profile, folder: Path) -> None:
+    """Check the rendered templates with `packer validate`; raise BuildError if they fail."""
+    check_host_tools(["packer", "ssh-keygen"])
+    with tempfile.TemporaryDirectory(prefix="hubkiln-check-") as tmp:
+        argv = packer.validate_command(folder, vars=template_check_vars(Path(tmp), profile))
+        result = subprocess.run(argv, capture_output=True, text=True,
+                                env={**os.environ, **packer.PACKER_BASE_ENV})
+    if result.returncode != 0:
+        raise BuildError(
+            f"packer validate failed for {folder}:\n{(result.stdout + result.stderr).strip()}",
+            hint="fix the template in packer/ or the value in the profile, then run "
+            "`invoke render` again",
+        )

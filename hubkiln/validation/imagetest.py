@@ -16,11 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
+import signal
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,23 @@ import yaml
 from hubkiln.config import launch
 from hubkiln.config.guest import settings as guest_settings
 from hubkiln.config.profile import Profile, parse_size
+from hubkiln.deliver import local, seed
 from hubkiln.errors import BuildError
-from hubkiln.machine import accel, seed
+from hubkiln.machine import accel, nocloud
+from hubkiln.machine.container import Container, ContainerSpec
 from hubkiln.machine.vm import Vm, VmSpec, free_port, ssh_command
 from hubkiln.paths import IMAGE_TESTS, PROJECT_DIR, output_dir
+from hubkiln.proc import Child
 from hubkiln.progress import Progress
-from hubkiln.stages import artifacts
 from hubkiln.validation import boottime
+from hubkiln.validation.engines import (
+    Summary,
+    combine_records,
+    parse_junit,
+    plan_engines,
+    read_reports,
+)
 
-FAILED_MARKER = "VALIDATION-FAILED"
 TEST_ADMIN = "teacher"
 #: The admin's SSH account (with sudo), which the tests log in as: not the hub account.
 TEST_OPERATOR = guest_settings().operator_name(TEST_ADMIN)
@@ -47,63 +54,6 @@ TEST_STUDENTS = ("student1", "student2")
 TEST_TARGET = "student3"
 #: A guest port nothing may reach: the firewall test listens there and expects a drop.
 BLOCKED_GUEST_PORT = 8099
-
-
-@dataclass
-class Summary:
-    """What a pytest run reported."""
-
-    passed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    errors: int = 0
-    failures: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and self.errors == 0 and self.passed > 0
-
-
-def parse_junit(xml_text: str) -> Summary:
-    """Counts and failing test ids from a pytest junit XML report."""
-    root = ET.fromstring(xml_text)
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    summary = Summary()
-    failures = []
-    for suite in suites:
-        for case in suite.iter("testcase"):
-            name = f"{case.get('classname', '')}::{case.get('name', '')}"
-            failure, error = case.find("failure"), case.find("error")
-            if failure is not None:
-                summary.failed += 1
-                failures.append(describe_failure(name, failure))
-            elif error is not None:
-                summary.errors += 1
-                failures.append(describe_failure(name, error))
-            elif case.find("skipped") is not None:
-                summary.skipped += 1
-            else:
-                summary.passed += 1
-    summary.failures = tuple(failures)
-    return summary
-
-
-def describe_failure(name: str, element: ET.Element) -> str:
-    """`test id: first line of the failure message` (the message says what broke)."""
-    message = (element.get("message") or element.text or "").strip().splitlines()
-    first = message[0] if message else element.tag
-    return f"{name}: {first[:300]}"
-
-
-def read_reports(folder: Path) -> dict[str, Any]:
-    """The JSON summaries tests left in HUBKILN_TEST_REPORTS (e.g. Lynis, pip-audit)."""
-    reports: dict[str, Any] = {}
-    for path in sorted(folder.glob("*.json")):
-        try:
-            reports[path.stem] = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            reports[path.stem] = {"error": f"unreadable report: {error}"}
-    return reports
 
 
 def validation_memory_mib(profile: Profile) -> int:
@@ -150,57 +100,6 @@ def render_ssh_config(control_dir: Path) -> str:
     )
 
 
-#: Which engine proves which tests (`invoke test --engine`): `vm` boots the image under
-#: qemu and runs every test; `container` boots the same image in systemd-nspawn at
-#: native speed and runs the tests that need no VM (tests/image/conftest.py, NEEDS);
-#: `auto` is the VM under KVM, and under emulation (TCG) both: the container for the
-#: user-space tests, the VM for what needs the image's own kernel, boot and firewall.
-ENGINES = ("auto", "vm", "container")
-IN_CONTAINER, NEEDS_VM = "not needs", "needs"
-
-
-def plan_engines(engine: str, accelerator: str) -> list[tuple[str, str | None]]:
-    """The runs of one validation: (engine, pytest -m expression or None for all) (pure)."""
-    if engine not in ENGINES:
-        raise BuildError(f"unknown test engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
-    if engine == "vm" or (engine == "auto" and accelerator == "kvm"):
-        return [("vm", None)]
-    if engine == "container":
-        return [("container", IN_CONTAINER)]
-    return [("container", IN_CONTAINER), ("vm", NEEDS_VM)]
-
-
-def combine_records(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One validation record from the record of each engine's run (pure). A run of only
-    the container says so: the tests that need the VM were not run."""
-    records = [r for r in runs.values() if r["status"] != "not-run"]
-    combined: dict[str, Any] = {
-        "status": "passed" if all(r["status"] == "passed" for r in runs.values()) else "failed",
-        "at": records[-1].get("at"),
-        "engines": runs,
-        "seconds": round(sum(r.get("seconds", 0) for r in records), 1),
-        "passed": sum(r.get("passed", 0) for r in records),
-        "failed": sum(r.get("failed", 0) for r in records),
-        "skipped": sum(r.get("skipped", 0) for r in records),
-        "failures": [f"[{name}] {failure}" for name, r in runs.items()
-                     for failure in r.get("failures", [])],
-        "reports": {k: v for r in records for k, v in r.get("reports", {}).items()},
-        "log": records[-1].get("log"),
-    }
-    if "vm" in runs and runs["vm"]["status"] != "not-run":
-        combined["accelerator"] = runs["vm"].get("accelerator")
-        combined["boot_to_ssh_seconds"] = runs["vm"].get("boot_to_ssh_seconds")
-        if "boot" in runs["vm"]:
-            combined["boot"] = runs["vm"]["boot"]
-        combined["guest_panics"] = runs["vm"].get("guest_panics", [])
-    elif "vm" in runs:
-        combined["not_run"] = "the VM's share: the container's run failed first"
-    else:
-        combined["not_run"] = ("the tests marked needs(...) (kernel, boot, firewall, limits, "
-                               "reboot, Lynis): they need the VM engine")
-    return combined
-
-
 def validate_image(profile: Profile, image: Path, *, accelerator: str | None = None,
                    progress: Progress | None = None, pytest_args: list[str] | None = None,
                    boot_timeout: float = 900, engine: str = "auto",
@@ -209,7 +108,7 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
     image tests; return the validation record (combine_records).
 
     Logs and screenshots go to `logs`: by default `output/<profile>/logs/`; a build
-    gives its candidate folder's, so that the published folder is left alone."""
+    gives its candidate folder's, so that the current folder is left alone."""
     progress = progress or Progress()
     logs = logs or output_dir(profile) / "logs"
     choice = accel.choose_accelerator(accelerator)
@@ -257,20 +156,17 @@ def validate_in_vm(profile: Profile, image: Path, accelerator: str, progress: Pr
 
 def watch_tests(command: list[str], env: dict[str, str], log: Path, machine: Any) -> int:
     """Run the tests; stop them when the machine ends under them (a guest panic ends
-    qemu, see hubkiln/vm.py). Return pytest's exit status."""
-    with open(log, "w", encoding="utf-8") as out:
-        tests = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT)
-        while tests.poll() is None:
+    qemu, see hubkiln/machine/vm.py). Return pytest's exit status. Interrupted, pytest
+    gets SIGINT (it writes its report), then SIGTERM, with its ssh connections."""
+    with open(log, "w", encoding="utf-8") as out, \
+            Child(command, cwd=PROJECT_DIR, env=env, output=out, name="pytest",
+                  stop_signals=((signal.SIGINT, 30.0), (signal.SIGTERM, 10.0))) as tests:
+        while not tests.wait(2):
             if not machine.alive():
-                tests.terminate()
-                try:
-                    tests.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    tests.kill()
+                tests.stop(((signal.SIGTERM, 60.0),))
                 break
-            time.sleep(2)
-        return tests.wait()
+    assert tests.returncode is not None
+    return tests.returncode
 
 
 @dataclass(frozen=True)
@@ -315,10 +211,10 @@ class ValidationMaterial:
 
 def prepare_material(work: Path) -> ValidationMaterial:
     key = work / "admin-key"
-    public = seed.make_ssh_key(key, "hubkiln-validation")
+    public = nocloud.make_ssh_key(key, "hubkiln-validation")
     launch_file = work / "launch.yaml"
     launch_file.write_text(yaml.safe_dump(validation_launch_document(public)))
-    settings, credentials = launch.issue_credentials(launch.load_launch(launch_file))
+    settings, credentials = seed.issue_credentials(launch.load_launch(launch_file))
     # What the guest receives (with the issued hashes): the tests' expected values.
     launch_file.write_text(yaml.safe_dump(settings.data))
     credentials_file = work / "credentials.json"
@@ -366,9 +262,9 @@ def validate_once(profile: Profile, image: Path, accelerator: str, progress: Pro
     with tempfile.TemporaryDirectory(prefix="hubkiln-test-") as tmp:
         material = prepare_material(Path(tmp))
         settings, key = material.settings, material.key
-        folder = seed.write_seed_dir(material.work / "seed", launch.render_user_data(settings),
-                                     launch.render_meta_data(settings))
-        iso = seed.make_seed_iso(folder, material.work / "seed.iso")
+        folder = nocloud.write_seed_dir(material.work / "seed", seed.render_user_data(settings),
+                                     seed.render_meta_data(settings))
+        iso = nocloud.make_seed_iso(folder, material.work / "seed.iso")
         # 8099: a port the firewall must drop (tests/image/test_hardening_firewall.py).
         ports = {22: free_port(), 80: free_port(), 443: free_port(),
                  BLOCKED_GUEST_PORT: free_port()}
@@ -404,12 +300,12 @@ def validate_once(profile: Profile, image: Path, accelerator: str, progress: Pro
 def measure_boot(vm: Vm, key: Path, https_port: int, to_ssh: float, booted: float,
                  timeout: float) -> dict[str, Any]:
     """Seconds from qemu's start to the first login page, and where the guest's boot
-    spent its time (hubkiln/boottime.py). A hub that never answers is the tests' to
+    spent its time (hubkiln/validation/boottime.py). A hub that never answers is the tests' to
     report (with its journal): this only stops waiting."""
-    url = launch.login_url(https_port)
+    url = local.login_url(https_port)
     to_login = None
     while time.monotonic() - booted < timeout and vm.alive():
-        if launch.login_page_answers(url, timeout=10):
+        if local.login_page_answers(url, timeout=10):
             to_login = time.monotonic() - booted
             break
         time.sleep(1)
@@ -424,14 +320,12 @@ def validate_in_container(profile: Profile, image: Path, progress: Progress,
                           logs: Path) -> dict[str, Any]:
     """The container's share: boot the image in systemd-nspawn and run the tests from
     inside its network namespace (the guest's 22, 80 and 443 on 127.0.0.1)."""
-    from hubkiln.machine.container import Container, ContainerSpec
-
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hubkiln-test-") as tmp:
         material = prepare_material(Path(tmp))
-        seed_files = {"user-data": launch.render_user_data(material.settings),
-                      "meta-data": launch.render_meta_data(material.settings)}
+        seed_files = {"user-data": seed.render_user_data(material.settings),
+                      "meta-data": seed.render_meta_data(material.settings)}
         spec = ContainerSpec(image=image, seed=seed_files, work=Path(tmp) / "container",
                              console_log=logs / "validate-container-console.log")
         with Container(spec) as box:
@@ -465,27 +359,3 @@ def wait_for_container_ssh(box: Any, key: Path, timeout: float) -> float:
                      + box.console_tail())
 
 
-def record_validation(out: Path, record: dict[str, Any]) -> None:
-    """Store the outcome in manifest.json; mark a failed image so nobody ships it."""
-    manifest = artifacts.read_manifest(out)
-    if manifest is None:
-        raise BuildError(f"no manifest.json in {out}", hint="run `invoke build` first")
-    manifest["validation"] = record
-    artifacts.write_manifest(out, manifest)
-    marker = out / FAILED_MARKER
-    if record["status"] == "passed":
-        marker.unlink(missing_ok=True)
-    else:
-        marker.write_text(
-            "This image FAILED validation; do not use it.\n"
-            + "".join(f"  {name}\n" for name in record["failures"])
-            + f"See {record['log']}.\n"
-        )
-
-
-def failure_message(record: dict[str, Any]) -> str:
-    """A message that says what broke and where to look."""
-    failed = f": {record['failed']} test(s) failed" if record["failed"] else ""
-    lines = [f"the image failed validation{failed}"]
-    lines += [f"  {name}" for name in record["failures"][:20]]
-    return "\n".join(lines)

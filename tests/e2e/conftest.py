@@ -51,6 +51,14 @@ def built(e2e_profile):
 
 
 @pytest.fixture(scope="session")
+def warm_cache(request) -> None:
+    """The build's caches hold the e2e profile's layers: this session built it, or
+    HUBKILN_E2E_IMAGE names an image built here before (with its caches still here)."""
+    if not E2E_IMAGE:
+        request.getfixturevalue("built")
+
+
+@pytest.fixture(scope="session")
 def image(request, e2e_profile) -> Path:
     if E2E_IMAGE:
         path = Path(E2E_IMAGE)

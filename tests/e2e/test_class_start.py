@@ -4,7 +4,7 @@ The session's build (tests/e2e/conftest.py) ran a class of `class_size` students
 validated image, in the container engine under TCG (the VM under KVM): each
 logged in through the form with its enrolment code, spawned, opened JupyterLab,
 started a kernel, ran the course's import cell and stayed active. Every one must
-have completed, and the sizing line must be in the published manifest, its
+have completed, and the sizing line must be in the current manifest, its
 README and capacity.json. The class-scale figures (60 students) are in
 docs/benchmarks.md: this is the check that the benchmark and the image keep
 working, not the measurement.
@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from hubkiln.capacity.loadtest import RECORD
+from hubkiln.capacity.record import RECORD
 from hubkiln.paths import output_dir
 from hubkiln.stages import artifacts
 

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from hubkiln.config import launch
-from hubkiln.machine import seed
+from hubkiln.deliver import seed
+from hubkiln.machine import nocloud
 from hubkiln.machine.container import Container, ContainerSpec
 from hubkiln.machine.vm import Vm, VmSpec, free_port, ssh_command
 
@@ -49,16 +50,16 @@ BOOT_TIMEOUT = 900
 def write_launch_seed(folder: Path) -> tuple[Path, dict[str, str], Path]:
     """One launch seed for both instances: (seed ISO, its files, the admin's private key)."""
     key = folder / "admin-key"
-    public = seed.make_ssh_key(key, "hubkiln-instances")
+    public = nocloud.make_ssh_key(key, "hubkiln-instances")
     launch_file = folder / "launch.yaml"
     launch_file.write_text(yaml.safe_dump({"hostname": "hubkiln-instance", "admins": [ADMIN],
                                            "users": ["student1"],
                                            "ssh_authorized_keys": [public]}))
     settings = launch.load_launch(launch_file)
-    files = {"user-data": launch.render_user_data(settings),
-             "meta-data": launch.render_meta_data(settings, instance_id="hubkiln-instances-1")}
-    folder_on_iso = seed.write_seed_dir(folder / "seed", files["user-data"], files["meta-data"])
-    return seed.make_seed_iso(folder_on_iso, folder / "seed.iso"), files, key
+    files = {"user-data": seed.render_user_data(settings),
+             "meta-data": seed.render_meta_data(settings, instance_id="hubkiln-instances-1")}
+    folder_on_iso = nocloud.write_seed_dir(folder / "seed", files["user-data"], files["meta-data"])
+    return nocloud.make_seed_iso(folder_on_iso, folder / "seed.iso"), files, key
 
 
 def read_identity(run) -> dict[str, str]:

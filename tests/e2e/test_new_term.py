@@ -15,8 +15,8 @@ journal and the admin's next SSH login say why.
 
 Cost under TCG: one cached build (config, disk, bake) and three boots, two with
 a student server each, about 20 minutes on a quiet machine (measured: term 1
-in 349 s, term 2 in 573 s). Marked `slow`: `invoke check --slow` runs it; CI's
-`invoke check` does not. HUBKILN_E2E_IMAGE gives a built image of the e2e
+in 349 s, term 2 in 573 s). Marked `slow`: `invoke test --slow` runs it; CI's
+`invoke test` does not. HUBKILN_E2E_IMAGE gives a built image of the e2e
 profile instead of the session's build (tests/e2e/conftest.py).
 """
 
@@ -42,7 +42,8 @@ import yaml
 from hubkiln.config import launch
 from hubkiln.config.guest import settings as guest_settings
 from hubkiln.config.profile import load_profile
-from hubkiln.machine import seed
+from hubkiln.deliver import local, seed
+from hubkiln.machine import nocloud
 from hubkiln.machine.vm import Vm, VmSpec, create_data_disk_command, free_port
 from hubkiln.paths import PROJECT_DIR, output_dir
 from hubkiln.stages.pipeline import build
@@ -123,13 +124,13 @@ class Instance:
 def launched(work: Path, admins: list[str], users: list[str]) -> Instance:
     work.mkdir()
     key = work / "admin-key"
-    public = seed.make_ssh_key(key, "hubkiln-new-term")
+    public = nocloud.make_ssh_key(key, "hubkiln-new-term")
     launch_file = work / "launch.yaml"
     launch_file.write_text(yaml.safe_dump({"hostname": "hubkiln-newterm", "admins": admins,
                                            "users": users, "ssh_authorized_keys": [public]}))
-    settings, credentials = launch.issue_credentials(launch.load_launch(launch_file))
+    settings, credentials = seed.issue_credentials(launch.load_launch(launch_file))
     iso = work / "seed.iso"
-    launch.write_seed(settings, iso=iso)
+    seed.write_seed(settings, iso=iso)
     return Instance(iso, key, guest_settings().operator_name(admins[0]),
                     credentials.enrolment_codes)
 
@@ -150,9 +151,9 @@ def booted(image: Path, data_disk: Path | None, instance: Instance, serial: Path
                   forwards=ports, data_disk=data_disk, snapshot=snapshot)
     with Vm(spec) as vm:
         vm.wait_for_ssh(instance.operator, instance.key, timeout=BOOT_TIMEOUT)
-        url = launch.login_url(ports[443])
+        url = local.login_url(ports[443])
         started = time.monotonic()
-        while hub and not launch.login_page_answers(url):
+        while hub and not local.login_page_answers(url):
             assert time.monotonic() - started < BOOT_TIMEOUT, f"no login page at {url}"
             time.sleep(5)
         yield Guest(vm, instance.key, instance.operator, ports[443], instance.codes)
@@ -254,7 +255,7 @@ def term2_without_its_disk(term1, term2) -> dict[str, Any]:
             "home": guest.sh("findmnt -no SOURCE --mountpoint /home || :").strip(),
             "motd": guest.vm.ssh(guest.admin, guest.key, "cat /run/motd.d/hubkiln-data-disk",
                                  check=False).stdout,
-            "login_page": launch.login_page_answers(launch.login_url(
+            "login_page": local.login_page_answers(local.login_url(
                 guest.vm.spec.forwards[443])),
         }
     facts["console"] = serial.read_text(errors="replace")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from hubkiln.config.profile import VmResources
 from hubkiln.errors import BuildError
 from hubkiln.paths import output_dir
 from hubkiln.stages import artifacts, formats
-from hubkiln.stages.formats import VmResources
 
 pytestmark = pytest.mark.e2e
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-io") is None,
@@ -96,7 +96,8 @@ def test_publish_outputs_lists_every_format_and_publishes_at_once(small_disk, tm
     import json
 
     from hubkiln.config.profile import load_profile
-    from hubkiln.stages.pipeline import BuildPaths, publish_outputs
+    from hubkiln.stages.artifacts import BuildPaths
+    from hubkiln.stages.outputs import store_outputs
 
     profile_file = tmp_path / "small.yaml"
     profile_file.write_text(
@@ -107,7 +108,7 @@ def test_publish_outputs_lists_every_format_and_publishes_at_once(small_disk, tm
     out = tmp_path / "output"
     (out / "logs").mkdir(parents=True)
     paths = BuildPaths(out=out, logs=out / "logs", work=tmp_path / "work", cache=tmp_path)
-    manifest = publish_outputs(profile, small_disk, paths, dt.datetime.now(dt.UTC), {}, {}, {},
+    manifest = store_outputs(profile, small_disk, paths, dt.datetime.now(dt.UTC), {}, {}, {},
                                "", {})
     assert [f["format"] for f in manifest["files"]] == ["qcow2", "ova", "gce", "vhd", "raw"]
     assert json.loads((out / "manifest.json").read_text())["files"] == manifest["files"]

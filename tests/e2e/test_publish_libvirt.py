@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.deliver import publish
+from hubkiln.deliver import libvirt, publish
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 BOOT_TIMEOUT = 600
 
 
-def answers(uri: str = publish.LIBVIRT_URI) -> subprocess.CompletedProcess:
-    return subprocess.run(publish.virsh("version", uri=uri), capture_output=True, text=True)
+def answers(uri: str = libvirt.LIBVIRT_URI) -> subprocess.CompletedProcess:
+    return subprocess.run(libvirt.virsh("version", uri=uri), capture_output=True, text=True)
 
 
 def start_daemons() -> None:
@@ -53,7 +53,7 @@ def libvirtd() -> str:
     result = answers()
     if result.returncode != 0:
         pytest.skip(f"libvirtd cannot run here: {(result.stdout + result.stderr).strip()}")
-    return publish.LIBVIRT_URI
+    return libvirt.LIBVIRT_URI
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def artifact(request, e2e_ref):
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(publish.virsh(*args), capture_output=True, text=True)
+    return subprocess.run(libvirt.virsh(*args), capture_output=True, text=True)
 
 
 def wait_for(log: Path, text: str, timeout: float) -> bool:
@@ -84,7 +84,7 @@ def test_published_domain_boots_to_a_login_prompt(libvirtd, artifact, accelerato
     try:
         assert result.dom_type == ("kvm" if accelerator == "kvm" else "qemu")
         assert virsh("domstate", name).stdout.strip() == "shut off"
-        info = publish.parse_volume_xml(virsh("vol-dumpxml", "--pool", result.pool,
+        info = libvirt.parse_volume_xml(virsh("vol-dumpxml", "--pool", result.pool,
                                               result.volume).stdout)
         assert info["format"] == "qcow2"
         assert info["capacity"] == artifact.files["qcow2"]["virtual_bytes"]
@@ -96,7 +96,7 @@ def test_published_domain_boots_to_a_login_prompt(libvirtd, artifact, accelerato
         assert "Linux version" in serial, serial[-3000:]
         assert booted, f"no login prompt within {BOOT_TIMEOUT}s:\n{serial[-3000:]}"
     finally:
-        for cmd in publish.removal_commands(name, result.pool, result.volume, result.firmware):
+        for cmd in libvirt.removal_commands(name, result.pool, result.volume, result.firmware):
             subprocess.run(cmd, capture_output=True)  # destroy fails when it never started
     assert virsh("dominfo", name).returncode != 0
     assert virsh("vol-info", "--pool", result.pool, result.volume).returncode != 0

@@ -1,5 +1,5 @@
 """A deliberately broken image fails `invoke build` at validation, says what broke, and
-leaves the last good image published."""
+leaves the last good image current."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.config.launch import find_built_image
 from hubkiln.config.profile import display_path, load_profile
+from hubkiln.deliver.local import find_built_image
 from hubkiln.errors import BuildError
 from hubkiln.paths import output_dir
 from hubkiln.stages import artifacts
 from hubkiln.stages.pipeline import build
-from hubkiln.validation.imagetest import FAILED_MARKER
+from hubkiln.validation.engines import FAILED_MARKER
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 
@@ -44,10 +44,10 @@ def broken(built):
     """
     assert built["validation"]["status"] == "passed"
     folders = artifacts.Folders.of(output_dir(load_profile(BROKEN)))
-    for folder in (folders.published, folders.candidate, folders.failed, folders.aside):
+    for folder in (folders.current, folders.candidate, folders.failed, folders.aside):
         if folder.exists():
             shutil.rmtree(folder)  # left by an earlier run
-    planted = plant_good_build(folders.published)
+    planted = plant_good_build(folders.current)
     # The hub waits up to its spawn timeout (300 s) for a server that will never
     # answer; the tests need not wait that long to call it broken.
     with pytest.MonkeyPatch.context() as env, pytest.raises(BuildError) as info:
@@ -71,10 +71,10 @@ def test_broken_hub_setting_fails_the_build_at_validation(broken):
 
 def test_the_last_good_image_survives_the_failed_build(broken):
     error, _, folders, planted = broken
-    assert {p.name: p.read_bytes() for p in folders.published.iterdir()} == planted
+    assert {p.name: p.read_bytes() for p in folders.current.iterdir()} == planted
     image = find_built_image(load_profile(BROKEN), str(BROKEN))
-    assert image == folders.published / "hubkiln-ci-broken-hub-good.qcow2"
-    assert (f"the last good image is still in {display_path(folders.published)}/; "
+    assert image == folders.current / "hubkiln-ci-broken-hub-good.qcow2"
+    assert (f"the last good image is still in {display_path(folders.current)}/; "
             f"the failed one is in {display_path(folders.failed)}/") in str(error)
     assert not folders.candidate.exists()
 

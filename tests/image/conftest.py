@@ -5,7 +5,7 @@ fast suite, which collects every folder, never checks the build host):
 - tests using `host` need `--hosts=ssh://USER@127.0.0.1:PORT` (USER with sudo);
 - tests using `https_url` also need HUBKILN_TEST_HTTPS_PORT (the guest's 443).
 See tests/image/README.md for the invocation; `invoke test` boots an image and
-runs them (hubkiln/imagetest.py).
+runs them (hubkiln/validation/imagetest.py).
 
 Limits: the tests read what the image should do from the image itself (its
 merged hub settings and /etc/hubkiln/launch.yaml), so a profile that disables a
@@ -41,7 +41,7 @@ HUB_PY = "/opt/hubkiln/hub/bin/python"
 DEFAULT_PASSWORD = "hubkiln-test-password-1"
 
 
-#: What only the VM engine proves (hubkiln/imagetest.py): a container of the image
+#: What only the VM engine proves (hubkiln/validation/imagetest.py): a container of the image
 #: shares the build host's kernel, has no boot loader or firewall of its own as the
 #: host sees it, and this host's cgroup v1 controllers may not enforce limits.
 NEEDS = {

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "provision/files/hardening"))
 import hubkiln_hardening as rules  # noqa: E402
 
-#: Proven in the VM only (AppArmor needs the image's own kernel): see hubkiln/imagetest.py, engines.
+#: Proven in the VM only (AppArmor needs the image's own kernel): see hubkiln/validation/engines.py.
 pytestmark = pytest.mark.needs("kernel")
 
 

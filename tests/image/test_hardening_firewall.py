@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-#: Proven in the VM only (the firewall as the host sees it): see hubkiln/imagetest.py, engines.
+#: Proven in the VM only (the firewall as the host sees it): see hubkiln/validation/engines.py.
 pytestmark = pytest.mark.needs("firewall")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "provision/files/hardening"))

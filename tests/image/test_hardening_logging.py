@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-#: Proven in the VM only (auditd needs the image's own kernel): see hubkiln/imagetest.py, engines.
+#: Proven in the VM only (auditd needs the image's own kernel): see hubkiln/validation/engines.py.
 pytestmark = pytest.mark.needs("audit")
 
 AUDIT_KEYS = ["identity", "scope", "modules", "actions", "sshd"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-#: Proven in the VM only (the image's own kernel): see hubkiln/imagetest.py, engines.
+#: Proven in the VM only (the image's own kernel): see hubkiln/validation/engines.py.
 pytestmark = pytest.mark.needs("kernel")
 
 MODULES = ["cramfs", "freevxfs", "hfs", "hfsplus", "jffs2", "usb-storage"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-#: Proven in the VM only (the guest's nftables output rules): see hubkiln/imagetest.py, engines.
+#: Proven in the VM only (the guest's nftables output rules): see hubkiln/validation/engines.py.
 pytestmark = pytest.mark.needs("firewall")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "provision/files/hardening"))

@@ -23,7 +23,7 @@ from hubkiln.validation.audit import (
     parse_lynis_report,
 )
 
-#: Proven in the VM only (the audit reads the kernel and boot): see hubkiln/imagetest.py, engines.
+#: Proven in the VM only (the audit reads the kernel and boot): see hubkiln/validation/engines.py.
 pytestmark = pytest.mark.needs("lynis")
 
 #: Under TCG a full audit takes 15-25 minutes.

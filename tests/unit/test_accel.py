@@ -16,19 +16,18 @@ from pathlib import Path
 import pytest
 
 from hubkiln.errors import PreflightError
-from hubkiln.machine import accel
+from hubkiln.machine import accel, probe
 from hubkiln.machine.accel import (
     AccelChoice,
     HostFacts,
-    ProbeResult,
     decide_accelerator,
     gather_host_facts,
-    interpret_probe,
     needs_probe,
     normalise_override,
 )
+from hubkiln.machine.probe import ProbeResult, interpret_probe
 
-HAVE_QEMU = shutil.which(accel.QEMU) is not None
+HAVE_QEMU = shutil.which(probe.QEMU) is not None
 
 
 def facts(*modules: str, device: bool = True, usable: bool = True, probe=None) -> HostFacts:
@@ -213,13 +212,13 @@ def host(monkeypatch):
     return state
 
 
-def test_choose_probes_only_when_asked_and_needed(host):
-    assert accel.choose_accelerator().name == "tcg"
+def test_an_unknown_kvm_is_probed_unless_told_not_to(host):
+    assert accel.choose_accelerator(probe=False).name == "tcg"
     assert host["probed"] == 0
-    assert accel.choose_accelerator(probe=True).name == "kvm"
+    assert accel.choose_accelerator().name == "kvm"
     assert host["probed"] == 1
-    host["facts"] = facts("kvm", "kvm_pvm")
-    assert accel.choose_accelerator(probe=True).name == "tcg"
+    host["facts"] = facts("kvm", "kvm_pvm")  # known bad: no probe needed
+    assert accel.choose_accelerator().name == "tcg"
     assert host["probed"] == 1
 
 
@@ -235,8 +234,8 @@ def test_choose_honours_the_environment(host, monkeypatch):
 
 
 def test_probe_rom_layout():
-    rom = accel.probe_rom()
-    code = accel.probe_program_bytes()
+    rom = probe.probe_rom()
+    code = probe.probe_program_bytes()
     assert len(rom) == 0x10000
     assert rom[: len(code)] == code
     assert rom[0xFFF0:0xFFF5] == bytes.fromhex("ea000000f0")  # ljmp $0xf000, $0
@@ -250,21 +249,21 @@ def test_probe_rom_layout():
     not (shutil.which("as") and shutil.which("objcopy")), reason="needs binutils (as, objcopy)"
 )
 def test_probe_bytes_match_their_assembly_source(tmp_path):
-    source = "\n".join(asm for _, asm in accel.PROBE_PROGRAM) + "\n"
+    source = "\n".join(asm for _, asm in probe.PROBE_PROGRAM) + "\n"
     (tmp_path / "probe.S").write_text(source)
     subprocess.run(["as", "--32", "-o", "probe.o", "probe.S"], cwd=tmp_path, check=True)
     subprocess.run(["objcopy", "-O", "binary", "probe.o", "probe.bin"], cwd=tmp_path, check=True)
-    assert (tmp_path / "probe.bin").read_bytes() == accel.probe_program_bytes()
+    assert (tmp_path / "probe.bin").read_bytes() == probe.probe_program_bytes()
 
 
 def test_probe_command():
-    argv = accel.probe_command(Path("/tmp/p.rom"), "kvm")
+    argv = probe.probe_command(Path("/tmp/p.rom"), "kvm")
     assert argv[0] == "qemu-system-x86_64"
     assert argv[argv.index("-accel") + 1] == "kvm"
     assert argv[argv.index("-bios") + 1] == "/tmp/p.rom"
     assert "isa-debug-exit,iobase=0xf4,iosize=0x04" in argv
     assert "-cpu" not in argv
-    with_cpu = accel.probe_command(Path("p.rom"), "tcg", qemu="/opt/qemu", cpu="max")
+    with_cpu = probe.probe_command(Path("p.rom"), "tcg", qemu="/opt/qemu", cpu="max")
     assert with_cpu[:3] == ["/opt/qemu", "-cpu", "max"]
 
 
@@ -319,7 +318,7 @@ def test_exit_status_3_without_markers_is_not_success():
 
 @pytest.mark.skipif(not HAVE_QEMU, reason="needs qemu-system-x86_64")
 def test_probe_runs_to_the_end_under_tcg_with_vex():
-    result = accel.probe_accelerator("tcg", cpu="max", timeout=20)
+    result = probe.probe_accelerator("tcg", cpu="max", timeout=20)
     assert result == ProbeResult(True, result.detail, result.seconds)
     assert "VEX code" in result.detail
     assert result.seconds < 5
@@ -327,7 +326,7 @@ def test_probe_runs_to_the_end_under_tcg_with_vex():
 
 @pytest.mark.skipif(not HAVE_QEMU, reason="needs qemu-system-x86_64")
 def test_probe_runs_to_the_end_under_tcg_default_cpu():
-    result = accel.probe_accelerator("tcg", timeout=20)
+    result = probe.probe_accelerator("tcg", timeout=20)
     assert result.works, result.detail
 
 
@@ -350,7 +349,7 @@ def test_probe_kills_a_hanging_qemu(tmp_path):
     fake.write_text(f"#!/bin/sh\nprintf RP\necho $$ > {pidfile}\nexec sleep 60\n")
     fake.chmod(0o755)
     started = time.monotonic()
-    result = accel.probe_accelerator("kvm", qemu=str(fake), timeout=1)
+    result = probe.probe_accelerator("kvm", qemu=str(fake), timeout=1)
     assert time.monotonic() - started < 3
     assert not result.works
     assert result.detail == "guest did not finish within 1 s; guest reached protected mode"
@@ -359,7 +358,7 @@ def test_probe_kills_a_hanging_qemu(tmp_path):
 
 
 def test_probe_reports_a_missing_qemu():
-    result = accel.probe_accelerator("kvm", qemu="/nonexistent/qemu")
+    result = probe.probe_accelerator("kvm", qemu="/nonexistent/qemu")
     assert not result.works and "cannot run /nonexistent/qemu" in result.detail
 
 

@@ -1,5 +1,5 @@
 """Build outputs: inventory from a tree's files, checksums, provenance (publication:
-test_publish_outputs.py)."""
+test_outputs.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""hubkiln/boottime.py: systemd-analyze output as the guests print it."""
+"""hubkiln/validation/boottime.py: systemd-analyze output as the guests print it."""
 
 from __future__ import annotations
 

@@ -13,29 +13,31 @@ import pytest
 
 from hubkiln.errors import BuildError
 from hubkiln.stages.disk import (
-    BLOCKLIST_OFFSET,
-    CORE_LOAD_SEGMENT,
-    ESP_LABEL,
     MIB,
-    SECTOR,
     DiskLayout,
     Partition,
-    check_label,
     check_partition_table,
     check_rootfs_fits,
-    grub_mkimage_command,
     mkfs_ext4_command,
     mkfs_vfat_command,
     parse_sgdisk_print,
+    plan_layout,
+    sgdisk_command,
+)
+from hubkiln.stages.grub import (
+    BLOCKLIST_OFFSET,
+    CORE_LOAD_SEGMENT,
+    ESP_LABEL,
+    SECTOR,
+    check_label,
+    grub_mkimage_command,
     patch_boot_img,
     patch_core_img,
-    plan_layout,
-    qemu_img_convert_command,
     render_early_config,
     render_fstab,
     render_grub_cfg,
-    sgdisk_command,
 )
+from hubkiln.stages.images import qemu_img_convert_command
 
 GIB = 1024 * MIB
 

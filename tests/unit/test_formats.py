@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.stages import formats
-from hubkiln.stages.formats import VmResources
+from hubkiln.config import profile
+from hubkiln.config.profile import VmResources
+from hubkiln.stages import formats, images, ova
 
 GIB = 1 << 30
 SRC, DEST = Path("/w/baked.qcow2"), Path("/s/out")
@@ -35,14 +36,14 @@ def test_the_schema_and_the_formats_table_agree():
 
 
 def test_vm_resources_add_the_hub_to_one_student():
-    assert formats.vm_resources({"memory": "2G", "cpu": 1}) == VmResources(2, 3072)
-    assert formats.vm_resources({"memory": "512M", "cpu": 0.5}) == VmResources(2, 2048)
-    assert formats.vm_resources({"memory": "8G", "cpu": 3.5}) == VmResources(4, 9216)
+    assert profile.vm_resources({"memory": "2G", "cpu": 1}) == VmResources(2, 3072)
+    assert profile.vm_resources({"memory": "512M", "cpu": 0.5}) == VmResources(2, 2048)
+    assert profile.vm_resources({"memory": "8G", "cpu": 3.5}) == VmResources(4, 9216)
 
 
 def test_aligned_size_rounds_up_to_a_mib():
     assert formats.aligned_size(4 * GIB) == 4 * GIB
-    assert formats.aligned_size(4 * GIB + 1) == 4 * GIB + formats.MIB
+    assert formats.aligned_size(4 * GIB + 1) == 4 * GIB + images.MIB
 
 
 def test_raw_command_is_a_plain_convert():
@@ -51,7 +52,7 @@ def test_raw_command_is_a_plain_convert():
 
 
 def test_vmdk_is_stream_optimized():
-    cmd = formats.vmdk_command(SRC, DEST)
+    cmd = images.vmdk_command(SRC, DEST)
     assert cmd[cmd.index("-O") + 1] == "vmdk"
     assert "subformat=streamOptimized" in cmd[cmd.index("-o") + 1].split(",")
 
@@ -64,7 +65,7 @@ def test_vhd_is_fixed_with_the_exact_size():
 
 def test_vhd_of_an_unaligned_disk_goes_through_an_aligned_overlay():
     create, convert = formats.vhd_commands(SRC, DEST, 4 * GIB + 512, Path("/w/overlay.qcow2"))
-    assert create[:2] == ["qemu-img", "create"] and create[-1] == str(4 * GIB + formats.MIB)
+    assert create[:2] == ["qemu-img", "create"] and create[-1] == str(4 * GIB + images.MIB)
     assert "-b" in create and create[create.index("-b") + 1] == "/w/baked.qcow2"
     assert convert[convert.index("-f") + 1] == "qcow2" and convert[-2:] == [
         "/w/overlay.qcow2", "/s/out"]
@@ -78,7 +79,7 @@ def test_gce_tar_is_sparse_oldgnu_gzip_of_disk_raw():
 
 
 def test_ova_tar_is_ustar_in_the_given_order():
-    cmd = formats.ova_tar_command(Path("/w"), Path("/s/x.ova"), ["x.ovf", "x.mf", "x.vmdk"])
+    cmd = ova.ova_tar_command(Path("/w"), Path("/s/x.ova"), ["x.ovf", "x.mf", "x.vmdk"])
     assert "--format=ustar" in cmd and cmd[-3:] == ["x.ovf", "x.mf", "x.vmdk"]
 
 
@@ -94,7 +95,7 @@ def test_populated_bytes_count_data_only():
     entries = [{"start": 0, "length": 100, "data": True, "zero": False},
                {"start": 100, "length": 50, "data": False, "zero": True},
                {"start": 150, "length": 10, "data": True, "zero": True}]
-    assert formats.populated_bytes(entries) == 100
+    assert images.populated_bytes(entries) == 100
 
 
 def vhd_footer(size: int, disk_type: int = 2, cookie: bytes = b"conectix") -> bytes:
@@ -129,16 +130,16 @@ def render(**overrides) -> str:
     values = dict(name="hubkiln-ci-1", os_id="ubuntu-24.04", vmdk_name="hubkiln-ci-1.vmdk",
                   vmdk_bytes=400_000_000, capacity_bytes=4 * GIB, populated=1_250_000_000,
                   resources=VmResources(2, 3072))
-    return formats.render_ovf(**{**values, **overrides})
+    return ova.render_ovf(**{**values, **overrides})
 
 
 def test_the_ovf_parses_back_to_what_it_describes():
-    summary = formats.parse_ovf(render())
+    summary = ova.parse_ovf(render())
     assert summary.files == {"hubkiln-ci-1.vmdk": 400_000_000}
     assert (summary.capacity_bytes, summary.populated_bytes) == (4 * GIB, 1_250_000_000)
     assert (summary.cpus, summary.memory_mib, summary.nics) == (2, 3072, 1)
-    assert summary.disk_attached and summary.disk_format == formats.VMDK_STREAM_FORMAT
-    assert formats.check_ovf(summary, vmdk_name="hubkiln-ci-1.vmdk", vmdk_bytes=400_000_000,
+    assert summary.disk_attached and summary.disk_format == images.VMDK_STREAM_FORMAT
+    assert ova.check_ovf(summary, vmdk_name="hubkiln-ci-1.vmdk", vmdk_bytes=400_000_000,
                              capacity_bytes=4 * GIB, name="x") == []
 
 
@@ -157,27 +158,27 @@ def test_the_ovf_names_the_debian_guest():
 
 
 def test_check_ovf_catches_a_disagreeing_vmdk():
-    summary = formats.parse_ovf(render())
-    problems = formats.check_ovf(summary, vmdk_name="other.vmdk", vmdk_bytes=1,
+    summary = ova.parse_ovf(render())
+    problems = ova.check_ovf(summary, vmdk_name="other.vmdk", vmdk_bytes=1,
                                  capacity_bytes=8 * GIB, name="x.ova")
     assert len(problems) == 2
 
 
 def test_parse_ovf_rejects_what_is_not_an_ovf():
     with pytest.raises(ValueError):
-        formats.parse_ovf("<Envelope/>")
+        ova.parse_ovf("<Envelope/>")
     with pytest.raises(ET.ParseError):
-        formats.parse_ovf("not xml")
+        ova.parse_ovf("not xml")
 
 
 def test_ova_manifest_round_trips_and_is_checked():
     digests = {"a.ovf": "1" * 64, "a.vmdk": "2" * 64}
-    text = formats.render_ova_manifest(digests)
+    text = ova.render_ova_manifest(digests)
     assert text.splitlines()[0] == f"SHA256(a.ovf)= {'1' * 64}"
-    assert formats.parse_ova_manifest(text) == digests
+    assert ova.parse_ova_manifest(text) == digests
     members = [("a.ovf", "1" * 64), ("a.mf", "3" * 64), ("a.vmdk", "2" * 64)]
-    assert formats.check_ova_members(members, digests, stem="a", name="a.ova") == []
+    assert ova.check_ova_members(members, digests, stem="a", name="a.ova") == []
     shuffled = [members[2], members[0], members[1]]
-    assert formats.check_ova_members(shuffled, digests, stem="a", name="a.ova")
-    assert formats.check_ova_members(members, {**digests, "a.vmdk": "9" * 64}, stem="a",
+    assert ova.check_ova_members(shuffled, digests, stem="a", name="a.ova")
+    assert ova.check_ova_members(members, {**digests, "a.vmdk": "9" * 64}, stem="a",
                                      name="a.ova")

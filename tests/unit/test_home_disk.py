@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hubkiln.config.guest import load_module as load
-from hubkiln.config.launch import ensure_data_disk, stop_instructions
+from hubkiln.deliver.local import ensure_data_disk, stop_instructions
 from hubkiln.machine.vm import VmSpec, create_data_disk_command, qemu_command
 from hubkiln.stages.provision import steps_in
 

@@ -10,12 +10,9 @@ from hubkiln.config.profile import load_profile
 from hubkiln.errors import BuildError
 from hubkiln.stages import artifacts
 from hubkiln.validation import imagetest
+from hubkiln.validation.engines import FAILED_MARKER, parse_junit, read_reports, record_validation
 from hubkiln.validation.imagetest import (
-    FAILED_MARKER,
-    parse_junit,
     pytest_command,
-    read_reports,
-    record_validation,
     render_ssh_config,
     validation_launch_document,
     validation_memory_mib,
@@ -126,7 +123,8 @@ def test_a_guest_panic_under_tcg_boots_the_image_again(monkeypatch):
 
 
 def test_a_second_panic_or_one_under_kvm_fails_validation(monkeypatch):
-    from hubkiln.validation.imagetest import failure_message, validate_image
+    from hubkiln.validation.engines import failure_message
+    from hubkiln.validation.imagetest import validate_image
 
     for accelerator, outcomes in (("tcg", (PANICKED, PANICKED)), ("kvm", (PANICKED,))):
         booted = fake_runs(monkeypatch, accelerator, *outcomes)
@@ -138,7 +136,7 @@ def test_a_second_panic_or_one_under_kvm_fails_validation(monkeypatch):
 
 
 def test_engines_auto_is_the_vm_under_kvm_and_both_under_emulation():
-    from hubkiln.validation.imagetest import plan_engines
+    from hubkiln.validation.engines import plan_engines
 
     assert plan_engines("auto", "kvm") == [("vm", None)]
     assert plan_engines("auto", "tcg") == [("container", "not needs"), ("vm", "needs")]

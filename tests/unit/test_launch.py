@@ -21,30 +21,33 @@ import yaml
 
 from hubkiln.config import guest
 from hubkiln.config.launch import (
-    GUEST_LAUNCH_FILE,
-    LAUNCH_DOC,
-    Credentials,
     Launch,
     LaunchError,
     check_launch_for_profile,
     check_ssh_public_key,
     demo_launch,
-    find_built_image,
-    issue_credentials,
     launch_keys,
     load_launch,
+    validate_launch_data,
+)
+from hubkiln.config.profile import load_profile
+from hubkiln.deliver.local import (
+    find_built_image,
     local_launch,
     login_instructions,
     login_page_answers,
+    ssh_instructions,
+)
+from hubkiln.deliver.seed import (
+    GUEST_LAUNCH_FILE,
+    Credentials,
+    issue_credentials,
     render_meta_data,
     render_user_data,
-    splice_launch_doc,
-    ssh_instructions,
     user_data_notes,
-    validate_launch_data,
     write_seed,
 )
-from hubkiln.config.profile import load_profile
+from hubkiln.docs import LAUNCH_DOC, splice_launch_doc
 from hubkiln.errors import BuildError
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -584,7 +587,7 @@ def test_upper_case_host_and_domain_names_are_refused(in_tmp):
 
 
 def test_a_local_launch_refuses_provider_logins(tmp_path):
-    from hubkiln.config.launch import boot_locally
+    from hubkiln.deliver.local import boot_locally
     from hubkiln.errors import HubkilnError
 
     github = with_hub(load_profile("ci"), hub={"authenticator": "github"})
@@ -776,7 +779,7 @@ UNI_CA = "https://acme.uni.example/acme/directory"
 
 @needs_openssl
 def test_an_acme_ca_with_its_root_loads_and_is_summarized(in_tmp):
-    from hubkiln.config.launch import summarize
+    from hubkiln.deliver.seed import summarize
 
     root, _ = make_cert(in_tmp, "root", "Uni Root CA")
     path = write(in_tmp, "")

@@ -18,10 +18,9 @@ from hubkiln.config.launch import (
     check_launch_for_profile,
     load_launch,
     load_launch_schema,
-    render_user_data,
-    summarize,
 )
 from hubkiln.config.profile import load_profile
+from hubkiln.deliver.seed import render_user_data, summarize
 from hubkiln.stages.provision import hub_settings, render_hub_settings
 
 PROJECT = Path(__file__).resolve().parents[2]

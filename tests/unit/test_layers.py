@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from hubkiln.config.profile import load_profile
-from hubkiln.stages.pipeline import layer_key
+from hubkiln.stages.cache import layer_key
 from hubkiln.stages.provision import STEPS, provision_env, step_env, steps_in
 
 
@@ -49,7 +49,7 @@ def test_scripts_see_only_what_they_declare():
 def test_prune_keeps_the_most_recently_used_trees(tmp_path):
     import os
 
-    from hubkiln.stages.pipeline import prune_cache
+    from hubkiln.stages.cache import prune_cache
 
     for i in range(4):
         tree = tmp_path / f"envs-{i}"

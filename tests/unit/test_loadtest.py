@@ -10,20 +10,20 @@ import sys
 import pytest
 from aiohttp import web
 
+from hubkiln.capacity import cells, loadtest, machines, record
 from hubkiln.capacity import client as loadclient
-from hubkiln.capacity import loadtest
 from hubkiln.errors import BuildError
 
 
 def test_percentiles_use_the_nearest_rank():
     values = [float(v) for v in range(1, 21)]  # 1 .. 20
-    assert loadtest.percentiles(values) == {"count": 20, "p50": 10.0, "p95": 19.0,
+    assert record.percentiles(values) == {"count": 20, "p50": 10.0, "p95": 19.0,
                                             "max": 20.0}
 
 
 def test_percentiles_of_one_value_and_of_none():
-    assert loadtest.percentiles([3.2]) == {"count": 1, "p50": 3.2, "p95": 3.2, "max": 3.2}
-    assert loadtest.percentiles([])["p95"] is None
+    assert record.percentiles([3.2]) == {"count": 1, "p50": 3.2, "p95": 3.2, "max": 3.2}
+    assert record.percentiles([])["p95"] is None
 
 
 def test_arrivals_spread_evenly_over_the_ramp_the_first_at_once():
@@ -56,7 +56,7 @@ def test_good_arguments_pass():
 
 def test_the_first_cell_imports_the_course_packages():
     """In a fresh interpreter (this one has imported them already); the venv has both."""
-    cell = loadclient.first_cell("no-such-profile", ["PyYAML>=6", "rich"])
+    cell = cells.first_cell("no-such-profile", ["PyYAML>=6", "rich"])
     check = "import sys\nprint(sorted({'yaml', 'rich'} & set(sys.modules)))"
     ran = subprocess.run([sys.executable, "-c", cell + check], capture_output=True, text=True,
                          timeout=60, check=False)
@@ -66,19 +66,19 @@ def test_the_first_cell_imports_the_course_packages():
 
 def test_the_first_cell_fails_on_a_missing_course_package():
     with pytest.raises(ModuleNotFoundError, match="no_such_course_package"):
-        exec(loadclient.first_cell("x", ["no-such-course-package==1.0"]), {})
+        exec(cells.first_cell("x", ["no-such-course-package==1.0"]), {})
 
 
 def test_profiles_with_a_workload_get_it():
-    assert "pulp.LpProblem" in loadclient.first_cell("optimization", ["pulp==3.3.2"])
-    assert "networkx" in loadclient.first_cell("ci", ["networkx"])
+    assert "pulp.LpProblem" in cells.first_cell("optimization", ["pulp==3.3.2"])
+    assert "networkx" in cells.first_cell("ci", ["networkx"])
 
 
 def test_a_process_is_assigned_to_its_students_unit():
     cgroup = ("1:name=systemd:/hubkiln-students.slice/jupyter-student007-singleuser.service\n"
               "0::/hubkiln-students.slice/jupyter-student007-singleuser.service\n")
-    assert loadtest.student_unit(cgroup) == "student007"
-    assert loadtest.student_unit("0::/system.slice/jupyterhub.service\n") is None
+    assert record.student_unit(cgroup) == "student007"
+    assert record.student_unit("0::/system.slice/jupyterhub.service\n") is None
 
 
 def test_processes_are_summed_per_student_unit():
@@ -87,7 +87,7 @@ def test_processes_are_summed_per_student_unit():
                  [f"{prefix}student001-singleuser.service\n", 50, True],
                  [f"{prefix}student002-singleuser.service\n", 70, False],
                  ["0::/system.slice/hubkiln-other-singleuser.service.d\n", 999, True]]
-    assert loadtest.units_of(processes) == {"student001": {"pss": 150, "kernel": True},
+    assert machines.units_of(processes) == {"student001": {"pss": 150, "kernel": True},
                                             "student002": {"pss": 70, "kernel": False}}
 
 
@@ -96,10 +96,10 @@ def test_the_sampling_script_runs_and_its_output_parses():
     may be running on this host, and its students' processes are in the host's /proc):
     no student units, and maybe no systemd to ask."""
     ran = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
-                          loadtest.SAMPLE_SCRIPT], capture_output=True, text=True, timeout=60,
+                          machines.SAMPLE_SCRIPT], capture_output=True, text=True, timeout=60,
                          check=False)
     assert ran.returncode == 0, ran.stderr
-    sample = loadtest.parse_sample(ran.stdout)
+    sample = machines.parse_sample(ran.stdout)
     assert sample["units"] == {}
     assert sample["cpus"] >= 1 and 0 < sample["mem_available"] <= sample["mem_total"]
 
@@ -144,12 +144,12 @@ def test_the_container_client_runs_in_its_network_namespace():
 def test_memory_current_is_parsed_and_not_set_is_none():
     text = ("MemoryCurrent=[not set]\nId=hubkiln-students.slice\n\n"
             "Id=jupyter-student001-singleuser.service\nMemoryCurrent=1048576\n")
-    assert loadtest.parse_memory_current(text) == {
+    assert record.parse_memory_current(text) == {
         "hubkiln-students.slice": None, "jupyter-student001-singleuser.service": 1048576}
 
 
 def unit(pss_mib: int, kernel: bool) -> dict:
-    return {"pss": pss_mib * loadtest.MIB, "kernel": kernel}
+    return {"pss": pss_mib * record.MIB, "kernel": kernel}
 
 
 def test_memory_per_student_is_the_peak_active_and_the_idle_after_the_class():
@@ -159,15 +159,15 @@ def test_memory_per_student_is_the_peak_active_and_the_idle_after_the_class():
         {"units": {"a": unit(160, True), "b": unit(150, True)}},
         {"after": True, "units": {"a": unit(100, False), "b": unit(110, False)}},
     ]
-    memory = loadtest.memory_per_student(samples)
+    memory = record.memory_per_student(samples)
     assert memory["active"] == {"students": 2, "median_mib": 165.0, "max_mib": 170.0}
     assert memory["idle"] == {"students": 2, "median_mib": 105.0, "max_mib": 110.0}
 
 
 def test_cgroup_memory_says_when_it_is_not_measurable():
     unset = [{"cgroup": {"hubkiln-students.slice": None}}]
-    assert "not measurable in this container" in loadtest.cgroup_memory(unset, "container")
-    assert loadtest.cgroup_memory([{"cgroup": {"hubkiln-students.slice": 3 * loadtest.MIB}}],
+    assert "not measurable in this container" in record.cgroup_memory(unset, "container")
+    assert record.cgroup_memory([{"cgroup": {"hubkiln-students.slice": 3 * record.MIB}}],
                                   "vm (kvm)") == {"students_slice_peak_mib": 3.0}
 
 

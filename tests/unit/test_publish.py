@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.deliver import publish
-from hubkiln.deliver.publish import Artifact, PublishError
-from hubkiln.stages.formats import VmResources
+from hubkiln.config.profile import VmResources
+from hubkiln.deliver import clouds, libvirt
+from hubkiln.deliver.artifact import Artifact, PublishError, artifact_from_manifest
 
 STEM = "hubkiln-ci-2026-fall"
 FOLDER = Path("/srv/output/ci")
@@ -25,14 +25,14 @@ MANIFEST = {
 
 @pytest.fixture
 def artifact() -> Artifact:
-    return publish.artifact_from_manifest(MANIFEST, FOLDER, VmResources(2, 3072))
+    return artifact_from_manifest(MANIFEST, FOLDER, VmResources(2, 3072))
 
 
 def domain(**overrides) -> ET.Element:
     values = dict(name="course", pool="default", volume="course.qcow2",
                   resources=VmResources(2, 3072), dom_type="qemu", firmware="bios",
                   network=None, serial_log=Path("/var/log/libvirt/qemu/course-serial.log"))
-    return ET.fromstring(publish.render_domain_xml(**{**values, **overrides}))
+    return ET.fromstring(libvirt.render_domain_xml(**{**values, **overrides}))
 
 
 def test_artifact_reads_the_manifest(artifact):
@@ -47,8 +47,8 @@ def test_a_missing_format_names_the_setting(artifact):
 
 
 def test_domain_type_is_kvm_only_with_kvm():
-    assert publish.domain_type("kvm") == "kvm"
-    assert publish.domain_type("tcg") == "qemu"
+    assert libvirt.domain_type("kvm") == "kvm"
+    assert libvirt.domain_type("tcg") == "qemu"
 
 
 def test_domain_is_q35_with_virtio_and_a_logged_serial_console():
@@ -86,9 +86,9 @@ def test_kvm_domain_passes_the_host_cpu_through():
 def test_network_or_user_mode():
     assert domain(network="default").find("devices/interface").get("type") == "network"
     assert domain().find("devices/interface").get("type") == "user"
-    assert publish.choose_network(None, ["default"]) == "default"
-    assert publish.choose_network(None, []) is None
-    assert publish.choose_network("lab", []) == "lab"
+    assert libvirt.choose_network(None, ["default"]) == "default"
+    assert libvirt.choose_network(None, []) is None
+    assert libvirt.choose_network("lab", []) == "lab"
 
 
 def test_bad_firmware_is_refused():
@@ -97,7 +97,7 @@ def test_bad_firmware_is_refused():
 
 
 def test_import_creates_uploads_and_refreshes():
-    create, upload, refresh = publish.import_commands(Path("/o/x.qcow2"), "default", "x.qcow2",
+    create, upload, refresh = libvirt.import_commands(Path("/o/x.qcow2"), "default", "x.qcow2",
                                                       1234)
     assert create[:3] == ["virsh", "--connect", "qemu:///system"]
     assert create[3:] == ["vol-create-as", "default", "x.qcow2", "1234", "--format", "qcow2"]
@@ -106,14 +106,14 @@ def test_import_creates_uploads_and_refreshes():
 
 
 def test_removal_drops_uefi_vars_only_for_uefi():
-    bios = publish.removal_commands("x", "default", "x.qcow2", "bios")
-    uefi = publish.removal_commands("x", "default", "x.qcow2", "uefi")
+    bios = libvirt.removal_commands("x", "default", "x.qcow2", "bios")
+    uefi = libvirt.removal_commands("x", "default", "x.qcow2", "uefi")
     assert "--nvram" not in bios[1] and uefi[1][-1] == "--nvram"
     assert bios[2][3:] == ["vol-delete", "--pool", "default", "x.qcow2"]
 
 
 def test_default_pool_is_a_directory_pool():
-    commands = publish.default_pool_commands()
+    commands = libvirt.default_pool_commands()
     assert commands[0][3:] == ["pool-define-as", "default", "dir", "--target",
                                "/var/lib/libvirt/images"]
     assert [c[3] for c in commands[1:]] == ["pool-build", "pool-start", "pool-autostart"]
@@ -123,20 +123,20 @@ def test_volume_xml_is_parsed():
     text = ("<volume><capacity unit='bytes'>4294967296</capacity><target>"
             "<path>/var/lib/libvirt/images/x.qcow2</path><format type='qcow2'/></target>"
             "</volume>")
-    assert publish.parse_volume_xml(text) == {
+    assert libvirt.parse_volume_xml(text) == {
         "format": "qcow2", "capacity": 4 << 30, "path": "/var/lib/libvirt/images/x.qcow2"}
 
 
 def test_gce_image_names_are_valid():
-    assert publish.gce_image_name("hubkiln-ci-2026.Fall_b") == "hubkiln-ci-2026-fall-b"
-    assert publish.gce_image_name("2026") == "hubkiln-2026"
-    assert len(publish.gce_image_name("a" * 80)) == 63
+    assert clouds.gce_image_name("hubkiln-ci-2026.Fall_b") == "hubkiln-ci-2026-fall-b"
+    assert clouds.gce_image_name("2026") == "hubkiln-2026"
+    assert len(clouds.gce_image_name("a" * 80)) == 63
 
 
 @pytest.mark.parametrize("target,fmt", [("proxmox", "qcow2"), ("openstack", "qcow2"),
                                         ("aws", "raw"), ("gcp", "gce"), ("azure", "vhd")])
 def test_cloud_commands_name_this_artifact_and_parse_as_shell(artifact, target, fmt):
-    lines = publish.cloud_commands(target, artifact)
+    lines = clouds.cloud_commands(target, artifact)
     text = "\n".join(lines)
     assert artifact.files[fmt]["name"] in text
     for line in lines:
@@ -144,20 +144,20 @@ def test_cloud_commands_name_this_artifact_and_parse_as_shell(artifact, target, 
 
 
 def test_cloud_commands_use_the_full_path_of_the_file_to_upload(artifact):
-    assert str(FOLDER / f"{STEM}.raw") in "\n".join(publish.cloud_commands("aws", artifact))
-    assert str(FOLDER / f"{STEM}.vhd") in "\n".join(publish.cloud_commands("azure", artifact))
-    gcp = "\n".join(publish.cloud_commands("gcp", artifact))
+    assert str(FOLDER / f"{STEM}.raw") in "\n".join(clouds.cloud_commands("aws", artifact))
+    assert str(FOLDER / f"{STEM}.vhd") in "\n".join(clouds.cloud_commands("azure", artifact))
+    gcp = "\n".join(clouds.cloud_commands("gcp", artifact))
     assert "gcloud compute images create hubkiln-ci-2026-fall " in gcp
 
 
 def test_cloud_commands_carry_the_profile_resources(artifact):
-    proxmox = " ".join(publish.cloud_commands("proxmox", artifact))
+    proxmox = " ".join(clouds.cloud_commands("proxmox", artifact))
     assert "--cores 2" in proxmox and "--memory 3072" in proxmox
-    openstack = " ".join(publish.cloud_commands("openstack", artifact))
+    openstack = " ".join(clouds.cloud_commands("openstack", artifact))
     assert "--min-disk 4" in openstack and "os_distro=ubuntu" in openstack
 
 
 def test_unknown_target_is_refused(artifact):
     with pytest.raises(PublishError):
-        publish.cloud_commands("vsphere", artifact)
+        clouds.cloud_commands("vsphere", artifact)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hubkiln.config.reference import BEGIN, END, splice_reference
+from hubkiln.docs import BEGIN, END, splice_reference
 
 PROJECT = Path(__file__).resolve().parents[2]
 README = (PROJECT / "README.md").read_text(encoding="utf-8")
@@ -17,7 +17,7 @@ def test_profile_reference_matches_the_schema():
 
 def test_ci_runs_the_readme_test_command():
     ci = (PROJECT / ".ci" / "run").read_text()
-    command = "./kiln check"
+    command = "./kiln test"
     assert f"\n    {command}" in README or f"\n{command}" in README
     assert f"exec {command}" in ci
 

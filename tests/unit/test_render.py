@@ -10,9 +10,9 @@ import jinja2
 import pytest
 import yaml
 
-from hubkiln import actions
 from hubkiln.config import guest
 from hubkiln.config.profile import load_profile
+from hubkiln.stages import render
 from hubkiln.stages.provision import hub_settings
 from hubkiln.stages.render import (
     BUILD_USER,
@@ -94,7 +94,7 @@ def test_rendered_templates_pass_packer_validate(tmp_path, ref):
     folder = render_templates(profile, tmp_path / "out")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    args = [f"-var={k}={v}" for k, v in actions.validation_vars(scratch, profile).items()]
+    args = [f"-var={k}={v}" for k, v in render.template_check_vars(scratch, profile).items()]
     result = subprocess.run(["packer", "validate", *args, "."], cwd=folder,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -110,7 +110,8 @@ def test_rendered_templates_are_packer_fmt_clean(tmp_path, ref):
 
 
 def test_the_build_vm_first_waits_for_cloud_init_then_makes_the_upload_folder():
-    from hubkiln.stages.render import GUEST_PROVISION_DIR, prepare_commands
+    from hubkiln.stages.provision import GUEST_PROVISION_DIR
+    from hubkiln.stages.render import prepare_commands
 
     wait, mkdir, chown = prepare_commands()
     assert wait.startswith("sudo -n cloud-init status --wait") and "[ $? -eq 2 ]" in wait

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from hubkiln.machine.seed import (
+from hubkiln.machine.nocloud import (
     build_user_data,
     make_seed_iso,
     make_ssh_key,

@@ -6,7 +6,7 @@ they should produce. Expected values are written here, from the fixtures' text, 
 read back from the pipeline.
 
 The trace of `hub.limits.memory` (docs/architecture.md): the profile's YAML, checked
-against `$defs/hub` of provision/files/hub/settings.schema.yaml (hubkiln/schema.yaml
+against `$defs/hub` of provision/files/hub/settings.schema.yaml (hubkiln/config/schema.yaml
 `$ref`s it) -> the drop-in hub.d/00-profile.yaml (provision.render_hub_settings) ->
 hubkiln_hub.load_settings in the image -> jupyterhub_config.py's Spawner.mem_limit ->
 tests/image/test_limits.py, which makes a student's kernel exceed it.
@@ -28,8 +28,9 @@ from traitlets.config.loader import PyFileConfigLoader
 
 from hubkiln.config import guest
 from hubkiln.config.guest import load_module
-from hubkiln.config.launch import check_launch_for_profile, load_launch, render_user_data
+from hubkiln.config.launch import check_launch_for_profile, load_launch
 from hubkiln.config.profile import load_profile
+from hubkiln.deliver.seed import render_user_data
 from hubkiln.stages.provision import provision_env, render_hub_settings
 
 PROJECT = Path(__file__).resolve().parents[2]

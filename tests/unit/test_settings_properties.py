@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 
 from hubkiln import actions
 from hubkiln.config import guest
-from hubkiln.config.launch import LaunchError, load_launch, render_user_data
+from hubkiln.config.launch import LaunchError, load_launch
 from hubkiln.config.profile import load_profile, load_schema
+from hubkiln.deliver.seed import render_user_data
 from hubkiln.errors import ProfileError
 from hubkiln.stages.provision import render_hub_settings
 

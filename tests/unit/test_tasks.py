@@ -19,7 +19,8 @@ def invoke(*args: str, output: Path | None = None) -> subprocess.CompletedProces
 
 def test_every_task_is_described():
     listing = invoke("--list").stdout
-    for name in ("render", "validate", "build", "clean", "docs", "check", "test", "seed", "launch"):
+    for name in ("render", "build", "validate", "loadtest", "test", "clean", "docs", "seed",
+                 "launch", "publish"):
         line = next(line for line in listing.splitlines() if line.strip().startswith(name))
         assert len(line.split()) > 1, f"task {name} has no description"
 

@@ -1,4 +1,4 @@
-"""A build keeps the last published image until the new one has passed validation.
+"""A build keeps the last good image until the new one has passed validation.
 
 The rules (which folder a finished candidate goes to, what an interrupted build
 left) run on folders in a temporary directory; then `build.build` itself runs
@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from hubkiln.config.launch import find_built_image
+from hubkiln import paths
 from hubkiln.config.profile import display_path, load_profile
+from hubkiln.deliver.local import find_built_image
 from hubkiln.errors import BuildError
 from hubkiln.machine import accel
-from hubkiln.stages import artifacts, disk, formats
+from hubkiln.stages import artifacts, disk, formats, images
 from hubkiln.stages import pipeline as build
-from hubkiln.validation import imagetest
+from hubkiln.validation import engines, imagetest
 
 
 def make_build(folder: Path, status: str, image: str = "old.qcow2") -> None:
@@ -44,91 +45,91 @@ def folders(tmp_path) -> artifacts.Folders:
 # --- which folder goes where ----------------------------------------------------
 
 
-def test_the_folders_are_named_after_the_published_one(folders):
-    out = folders.published.parent
+def test_the_folders_are_named_after_the_current_one(folders):
+    out = folders.current.parent
     assert (folders.candidate, folders.failed, folders.aside) == (
         out / "ci.candidate", out / "ci.failed", out / "ci.previous")
 
 
 @pytest.mark.parametrize(("manifest", "goes_to"), [
-    ({"validation": {"status": "passed"}}, "published"),
-    ({"validation": {"status": "not-run"}}, "published"),  # --skip-validation, explicit
+    ({"validation": {"status": "passed"}}, "current"),
+    ({"validation": {"status": "not-run"}}, "current"),  # --skip-validation, explicit
     ({"validation": {"status": "failed"}}, "failed"),
     ({"files": []}, "failed"),
     (None, "failed"),
 ])
-def test_only_a_validated_or_explicitly_unvalidated_candidate_is_published(
+def test_only_a_validated_or_explicitly_unvalidated_candidate_becomes_current(
         folders, manifest, goes_to):
     assert artifacts.destination(folders, manifest) == getattr(folders, goes_to)
 
 
 @pytest.mark.parametrize(("previous", "says"), [
-    ({"validation": {"status": "passed"}}, "the last good image is still in {published}/"),
+    ({"validation": {"status": "passed"}}, "the last good image is still in {current}/"),
     ({"validation": {"status": "not-run"}},
-     "the previous image (validation: not-run) is still in {published}/"),
-    (None, "no image is published in {published}/"),
+     "the previous image (validation: not-run) is still in {current}/"),
+    (None, "no image is in {current}/"),
 ])
 def test_the_failure_says_where_both_images_are(folders, previous, says):
     note = build.kept_note(folders, previous)
-    assert note == (says.format(published=display_path(folders.published))
+    assert note == (says.format(current=display_path(folders.current))
                     + f"; the failed one is in {display_path(folders.failed)}/")
 
 
 # --- the moves ------------------------------------------------------------------
 
 
-def test_a_passed_candidate_replaces_the_published_folder_and_the_failed_one(folders):
-    make_build(folders.published, "passed")
+def test_a_passed_candidate_replaces_the_current_folder_and_the_failed_one(folders):
+    make_build(folders.current, "passed")
     make_build(folders.failed, "failed")
     make_build(folders.candidate, "passed", image="new.qcow2")
     new = contents(folders.candidate)
-    assert artifacts.settle(folders) == folders.published
-    assert contents(folders.published) == new
+    assert artifacts.settle(folders) == folders.current
+    assert contents(folders.current) == new
     assert not folders.candidate.exists() and not folders.aside.exists()
     assert not folders.failed.exists()
 
 
 def test_a_failed_candidate_replaces_the_failed_folder_only(folders):
-    make_build(folders.published, "passed")
+    make_build(folders.current, "passed")
     make_build(folders.failed, "failed", image="older.qcow2")
     make_build(folders.candidate, "failed", image="new.qcow2")
-    good, failed = contents(folders.published), contents(folders.candidate)
+    good, failed = contents(folders.current), contents(folders.candidate)
     assert artifacts.settle(folders) == folders.failed
-    assert contents(folders.published) == good
+    assert contents(folders.current) == good
     assert contents(folders.failed) == failed
 
 
-def test_a_first_build_is_published_without_a_previous_folder(folders):
+def test_a_first_build_becomes_current_without_a_previous_folder(folders):
     make_build(folders.candidate, "passed", image="new.qcow2")
-    assert artifacts.settle(folders) == folders.published
-    assert (folders.published / "new.qcow2").exists()
+    assert artifacts.settle(folders) == folders.current
+    assert (folders.current / "new.qcow2").exists()
 
 
 def test_the_next_build_removes_a_stale_candidate(folders):
-    make_build(folders.published, "passed")
+    make_build(folders.current, "passed")
     make_build(folders.candidate, "not-run", image="half.qcow2")
-    good = contents(folders.published)
+    good = contents(folders.current)
     artifacts.start_candidate(folders)
     assert list(folders.candidate.iterdir()) == []
-    assert contents(folders.published) == good
+    assert contents(folders.current) == good
 
 
 def test_a_swap_cut_short_between_its_renames_is_undone(folders):
-    """Killed after the published folder went aside, before the candidate took its place."""
+    """Killed after the current folder went aside, before the candidate took its place."""
     make_build(folders.aside, "passed")
     good = contents(folders.aside)
     make_build(folders.candidate, "passed", image="new.qcow2")
     artifacts.start_candidate(folders)
-    assert contents(folders.published) == good
+    assert contents(folders.current) == good
     assert not folders.aside.exists()
 
 
 def test_a_swap_cut_short_after_its_renames_keeps_the_new_folder(folders):
-    make_build(folders.published, "passed", image="new.qcow2")
+    make_build(folders.current, "passed", image="new.qcow2")
     make_build(folders.aside, "passed")
-    new = contents(folders.published)
+    new = contents(folders.current)
     artifacts.start_candidate(folders)
-    assert contents(folders.published) == new
+    assert contents(folders.current) == new
     assert not folders.aside.exists()
 
 
@@ -167,8 +168,8 @@ def stub_build(monkeypatch, tmp_path, folders):
     def noop(*args, **kwargs):
         return None
 
-    monkeypatch.setattr(build, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(build, "output_dir", lambda profile: folders.published)
+    monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(paths, "OUTPUT_DIR", folders.current.parent)
     for name in ("check_host_tools", "copy_tree", "stage_content", "provision", "prune_cache"):
         monkeypatch.setattr(build, name, noop)
     monkeypatch.setattr(build, "ensure_cached", lambda *args, **kwargs: True)
@@ -176,7 +177,7 @@ def stub_build(monkeypatch, tmp_path, folders):
     monkeypatch.setattr(accel, "choose_accelerator",
                         lambda name=None: accel.AccelChoice("tcg", "test"))
     monkeypatch.setattr(disk, "assemble_disk", write_file(b"raw"))
-    monkeypatch.setattr(disk, "convert_image", write_file(b"disk"))
+    monkeypatch.setattr(images, "convert_image", write_file(b"disk"))
     monkeypatch.setattr(formats, "write_format", write_file(b"new image"))
     monkeypatch.setattr(imagetest, "validate_image", validate_image)
 
@@ -189,55 +190,55 @@ def stub_build(monkeypatch, tmp_path, folders):
 
 
 def test_a_build_that_passes_validation_replaces_the_last_image(stub_build, folders):
-    make_build(folders.published, "passed")
+    make_build(folders.current, "passed")
     manifest = stub_build("passed")
     assert stub_build.asked[0]["image"].parent == folders.candidate
     assert stub_build.asked[0]["logs"] == folders.candidate / "logs"
-    assert artifacts.read_manifest(folders.published) == manifest
+    assert artifacts.read_manifest(folders.current) == manifest
     assert manifest["validation"]["status"] == "passed"
-    image = find_built_image(load_profile("ci"), "ci", output_root=folders.published.parent)
+    image = find_built_image(load_profile("ci"), "ci", output_root=folders.current.parent)
     assert image.read_bytes() == b"new image"
-    assert not (folders.published / "old.qcow2").exists()
-    assert (folders.published / "packer").is_dir()
+    assert not (folders.current / "old.qcow2").exists()
+    assert (folders.current / "packer").is_dir()
     assert not folders.candidate.exists() and not folders.failed.exists()
 
 
 def test_a_build_that_fails_validation_keeps_the_last_good_image(stub_build, folders):
-    make_build(folders.published, "passed")
-    good = contents(folders.published)
+    make_build(folders.current, "passed")
+    good = contents(folders.current)
     with pytest.raises(BuildError) as info:
         stub_build("failed")
-    assert contents(folders.published) == good
+    assert contents(folders.current) == good
     failed = artifacts.read_manifest(folders.failed)
     assert failed["validation"]["status"] == "failed"
-    assert (folders.failed / imagetest.FAILED_MARKER).exists()
+    assert (folders.failed / engines.FAILED_MARKER).exists()
     assert (folders.failed / "logs" / "validate.log").exists()
     assert "test_x" in info.value.message
     assert info.value.hint == (
         f"see {display_path(folders.failed / 'logs' / 'validate.log')}; the last good image "
-        f"is still in {display_path(folders.published)}/; the failed one is in "
+        f"is still in {display_path(folders.current)}/; the failed one is in "
         f"{display_path(folders.failed)}/")
     assert not folders.candidate.exists()
 
 
-def test_skipping_validation_publishes_the_image_marked_not_validated(stub_build, folders):
-    make_build(folders.published, "passed")
+def test_skipping_validation_keeps_the_image_marked_not_validated(stub_build, folders):
+    make_build(folders.current, "passed")
     manifest = stub_build(validate=False)
     assert stub_build.asked == []
-    assert artifacts.read_manifest(folders.published)["validation"] == {"status": "not-run"}
+    assert artifacts.read_manifest(folders.current)["validation"] == {"status": "not-run"}
     assert manifest["validation"] == {"status": "not-run"}
-    assert not (folders.published / imagetest.FAILED_MARKER).exists()
+    assert not (folders.current / engines.FAILED_MARKER).exists()
 
 
-def test_an_interrupted_build_leaves_the_last_image_published(stub_build, folders):
-    make_build(folders.published, "passed")
-    good = contents(folders.published)
+def test_an_interrupted_build_leaves_the_last_image_current(stub_build, folders):
+    make_build(folders.current, "passed")
+    good = contents(folders.current)
     with pytest.raises(KeyboardInterrupt):
         stub_build(KeyboardInterrupt())
-    assert contents(folders.published) == good
-    image = find_built_image(load_profile("ci"), "ci", output_root=folders.published.parent)
-    assert image == folders.published / "old.qcow2"
+    assert contents(folders.current) == good
+    image = find_built_image(load_profile("ci"), "ci", output_root=folders.current.parent)
+    assert image == folders.current / "old.qcow2"
     assert folders.candidate.exists() and not folders.failed.exists()
     stub_build("passed")
     assert not folders.candidate.exists()
-    assert artifacts.read_manifest(folders.published)["validation"]["status"] == "passed"
+    assert artifacts.read_manifest(folders.current)["validation"]["status"] == "passed"
