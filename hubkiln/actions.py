@@ -9,6 +9,7 @@ turns into `Exit` with the message and what to do.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 from hubkiln import docs, proc
@@ -60,7 +61,10 @@ def build(profile_ref: str, *, accelerator: str | None, verbose: bool,
                          hint="or measure later with `invoke loadtest`")
     if loadtest_students:
         loadtest.check_arguments(loadtest_students, 60, 120, "container")
-    render(profile_ref)
+    profile = load_profile(profile_ref)
+    with tempfile.TemporaryDirectory(prefix="hubkiln-check-") as scratch:
+        # Checked aside: the current folder's templates stay those of its image.
+        check_templates(profile, render_templates(profile, Path(scratch)))
     return pipeline.build(profile_ref, accelerator=accelerator, validate=validate_image,
                           engine=engine, loadtest_students=loadtest_students)
 

@@ -1,8 +1,9 @@
 """Linters as tests: ruff on the Python code, shellcheck on provision/ (its scripts and the
-shell tools it installs) and ./kiln."""
+shell tools it installs) and ./kiln; the package's shape: small modules, each with its scope."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -60,3 +61,27 @@ def test_scripts_fail_fast(script):
 def test_the_guests_shell_tools_are_linted_too():
     names = {path.name for path in guest_shell_tools()}
     assert {"hubkiln-prepare-user", "hubkiln-data-disk", "hubkiln-autogroup-nice"} <= names
+
+
+MAX_MODULE_LINES = 400
+MODULES = sorted((PROJECT / "hubkiln").rglob("*.py"))
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: str(p.relative_to(PROJECT)))
+def test_each_module_is_small_and_says_its_scope(module):
+    text = module.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= MAX_MODULE_LINES, "split it by concern"
+    assert ast.get_docstring(ast.parse(text)), "start with a docstring that says its scope"
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: str(p.relative_to(PROJECT)))
+def test_modules_import_each_other_at_the_top(module):
+    hidden = [f"line {node.lineno}: {node.module}" for node in ast.walk(ast.parse(
+        module.read_text(encoding="utf-8"))) if isinstance(node, ast.ImportFrom)
+        and node.col_offset and (node.module or "").startswith("hubkiln")]
+    assert hidden == [], "import at the top, so the stages' dependencies show"
+
+
+def test_the_package_shows_the_stages():
+    folders = {p.name for p in (PROJECT / "hubkiln").iterdir() if (p / "__init__.py").exists()}
+    assert folders == {"config", "stages", "machine", "validation", "capacity", "deliver"}
