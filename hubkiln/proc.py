@@ -202,6 +202,14 @@ class Child:
         self.signal_group(signal.SIGKILL)
         self.pump(time.monotonic() + 10)
 
+    def end(self) -> None:
+        """Stop the child if it still runs (its `stop_signals`, then SIGKILL), then reap."""
+        try:
+            if not self.exited():
+                self.stop()
+        finally:
+            self.reap()
+
     def reap(self, grace: float = 5.0) -> None:
         """Stop what is left of the group after the child exited (an orphaned qemu, a
         daemon a script started), then reap the child and close its pipe."""

@@ -177,14 +177,12 @@ class Container:
                     if self.leader:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(self.leader, signal.SIGRTMIN + 4)
-                    if not self.process.wait(grace):
+                    if not self.process.wait(grace) and self.leader:
                         # The container's init is in its own session: kill it by pid too.
-                        if self.leader:
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(self.leader, signal.SIGKILL)
-                        self.process.stop()  # SIGKILL to systemd-nspawn's group
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(self.leader, signal.SIGKILL)
             finally:
-                self.process.reap()
+                self.process.end()  # then SIGKILL to systemd-nspawn's group
                 self.process = None
         if self._log:
             self._log.close()

@@ -252,10 +252,8 @@ class Vm:
         running."""
         if self.process:
             try:
-                if not self.process.exited():
-                    self.process.stop()
+                self.process.end()
             finally:
-                self.process.reap()
                 self.process = None
         if self._output:
             self._output.close()
