@@ -132,7 +132,7 @@ def launch_settings(students: int, public_key: str | None = None,
             "ssh_authorized_keys": [public_key] if public_key else []}
     if schedule:
         data["class_schedule"] = schedule
-    doc, problems = launch.validate_launch_data(data, base_dir=Path.cwd(), openssl=None)
+    doc, problems = launch.check_launch_data(data, base_dir=Path.cwd(), openssl=None)
     if doc is None:
         raise BuildError(f"the generated launch settings do not check: {problems}")
     settings, credentials = seed.issue_credentials(launch.Launch(data=doc))

@@ -2,7 +2,7 @@
 
 A launch file (YAML, `launch_schema.yaml`) names the machine, its admins and
 student roster, admin SSH keys, and the secrets that never go into an image
-(OAuth client, TLS key). `load_launch` validates it in full and reports every
+(OAuth client, TLS key). `load_launch` checks it in full and reports every
 problem at once, naming the file and the dotted key path, like profiles do. The
 result is a normalised document (every key present, TLS files read in) that
 `render_user_data` wraps into a `#cloud-config`: the hostname, no cloud default
@@ -279,7 +279,7 @@ def normalise(data: dict[str, Any], tls: dict[str, str] | None) -> dict[str, Any
     return {key: doc[key] for key in launch_keys()}
 
 
-def validate_launch_data(
+def check_launch_data(
     data: dict[str, Any], *, base_dir: Path, openssl: str | None
 ) -> tuple[dict[str, Any] | None, list[tuple[KeyPath, str]]]:
     """Check a launch mapping in full. Return (normalised document or None, problems)."""
@@ -298,7 +298,7 @@ def validate_launch_data(
 
 
 def load_launch(path: str | os.PathLike, *, openssl: str | None | bool = True) -> Launch:
-    """Read and validate a launch file; raise LaunchError listing every problem.
+    """Read and check a launch file; raise LaunchError listing every problem.
 
     `openssl`: a path, True (use the installed one, if any) or None/False (skip those checks).
     """
@@ -314,7 +314,7 @@ def load_launch(path: str | os.PathLike, *, openssl: str | None | bool = True) -
                            "`admins` or `users`" for p in problems])
     assert data is not None
     tool = default_openssl() if openssl is True else (openssl or None)
-    doc, found = validate_launch_data(data, base_dir=path.resolve().parent, openssl=tool)
+    doc, found = check_launch_data(data, base_dir=path.resolve().parent, openssl=tool)
     if found or doc is None:
         raise LaunchError(sorted({f"{where}: {format_keypath(kp)}: {msg}" for kp, msg in found}))
     return Launch(data=doc, source=path)
@@ -322,7 +322,7 @@ def load_launch(path: str | os.PathLike, *, openssl: str | None | bool = True) -
 
 def demo_launch(hostname: str = "hubkiln-demo") -> Launch:
     """Built-in settings for a local try: admin `teacher`, students `student1`, `student2`."""
-    doc, problems = validate_launch_data(
+    doc, problems = check_launch_data(
         {"hostname": hostname, "admins": ["teacher"], "users": ["student1", "student2"]},
         base_dir=Path.cwd(), openssl=None)
     assert doc is not None, problems

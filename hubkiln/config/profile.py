@@ -1,8 +1,8 @@
-"""Course profiles: load the YAML, merge what it extends, validate it all up front.
+"""Course profiles: load the YAML, merge what it extends, check it all up front.
 
 A profile is data. `load_profile` reads the file and the chain of profiles it
 `extends` (ending in `profiles/defaults.yaml`), merges them (mappings merge,
-lists and scalars replace), validates the result against `schema.yaml`, then
+lists and scalars replace), checks the result against `schema.yaml`, then
 checks what a schema cannot (that folders and files exist). Every problem is
 collected and raised at once as a `ProfileError`, each message naming the
 file, the dotted key path, what was found and what is allowed.
@@ -247,7 +247,7 @@ def find_profile_file(ref: str | os.PathLike, profiles_dir: Path = PROFILES_DIR)
 
 
 def load_profile(ref: str | os.PathLike, profiles_dir: Path = PROFILES_DIR) -> Profile:
-    """Load, merge and validate a profile; raise ProfileError listing every problem."""
+    """Load, merge and check a profile; raise ProfileError listing every problem."""
     path = find_profile_file(ref, profiles_dir)
     chain, problems = read_chain(path)
     if problems:

@@ -1,12 +1,12 @@
-"""The build: render → validate → rootfs → disk → bake → outputs, as a flat list of steps,
-then the image's validation and, when asked (`--loadtest N`), a measured class start.
+"""The build: render → rootfs → envs → config → disk → bake → outputs, one stage after the
+other, then the image's validation and, when asked (`--loadtest N`), a class start.
 
 Each step is named after what it does and returns early when its result is
 already cached. Heavy layers (the bootstrapped OS, then the Python and Node
 environments) are cached under `.cache/rootfs/` by a hash of everything that
 shapes them; the light ones (hub settings, content) are applied to a copy at
 every build. Intermediate files live in `.cache/work/<profile>/`. The outputs,
-logs and templates are written and validated in `output/<profile>.candidate/`,
+logs and templates are stored and validated in `output/<profile>.candidate/`,
 which replaces `output/<profile>/` only once validated (or with validation
 explicitly skipped); a failed one is kept as `output/<profile>.failed/` and
 the last good image stays where it was (see artifacts.settle).
@@ -15,6 +15,7 @@ the last good image stays where it was (see artifacts.settle).
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,21 @@ def build(profile_ref: str, *, accelerator: str | None = None, validate: bool = 
 
     `validation_args` go to the pytest run of tests/image (e.g. `["-x"]`); `engine` says
     which machines prove the image (imagetest.plan_engines).
-    SIGTERM is handled like Ctrl-C, so that Packer, qemu and chroot mounts are cleaned up.
+    SIGTERM is handled like Ctrl-C, so that Packer, qemu and chroot mounts are cleaned up;
+    a build that fails or is interrupted also removes its work folder (scratch: a copy of
+    the root filesystem, the raw disk), and its candidate folder keeps the logs.
     """
+    paths = BuildPaths.for_profile(load_profile(profile_ref))
     with proc.terminated_by_sigterm():
-        return _build(profile_ref, accelerator=accelerator, validate=validate,
-                      validation_args=validation_args, engine=engine,
-                      loadtest_students=loadtest_students, loadtest_ramp=loadtest_ramp,
-                      loadtest_active=loadtest_active)
+        try:
+            return _build(profile_ref, accelerator=accelerator, validate=validate,
+                          validation_args=validation_args, engine=engine,
+                          loadtest_students=loadtest_students, loadtest_ramp=loadtest_ramp,
+                          loadtest_active=loadtest_active)
+        except BaseException:
+            log = paths.logs / "build.log" if paths.logs.is_dir() else Path(os.devnull)
+            remove_tree(paths.work, log)
+            raise
 
 
 def _build(profile_ref: str, *, accelerator: str | None, validate: bool,

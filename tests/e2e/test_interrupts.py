@@ -6,9 +6,9 @@ that does its work running: mmdebstrap, a provisioning script in the chroot,
 mkfs.ext4, Packer's qemu, the container of the image), then sends SIGINT (Ctrl-C) or
 SIGTERM (a service manager, `kill`). It then checks what a user would: the command
 ends within a bound and says it was interrupted (no traceback); no process it started
-is left (every descendant seen while it ran is gone); nothing is mounted under the
-cache or the outputs; the cache holds no half-made layer (a layer only ever appears
-complete, renamed into place); and no image became current.
+is left (every descendant seen while it ran is gone); nothing new is mounted; the
+cache holds no half-made layer (a layer only ever appears complete, renamed into
+place) and no scratch folder of the build; and no image became current.
 
 The stages after the first run on the e2e build's warm cache (`warm_cache`),
 with their outputs in a temporary folder. The rootfs stage gets an empty cache of its
@@ -173,6 +173,7 @@ def check_stopped(run: Run, sig: signal.Signals, *, output: Path, cache: Path,
     assert half_made_layers(cache) == []
     if profile:
         assert not (output / profile).exists(), "an interrupted build made an image current"
+        assert not (cache / "work" / profile).exists(), "the build's scratch folder was kept"
     assert seconds < STOP_TIMEOUT
 
 

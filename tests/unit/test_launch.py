@@ -23,12 +23,12 @@ from hubkiln.config import guest
 from hubkiln.config.launch import (
     Launch,
     LaunchError,
+    check_launch_data,
     check_launch_for_profile,
     check_ssh_public_key,
     demo_launch,
     launch_keys,
     load_launch,
-    validate_launch_data,
 )
 from hubkiln.config.profile import load_profile
 from hubkiln.deliver.local import (
@@ -525,7 +525,7 @@ def test_the_document_in_the_user_data_is_itself_a_valid_launch_file(tmp_path):
     (entry,) = yaml.safe_load(render_user_data(launch))["write_files"]
     assert "certificate: |\n" in entry["content"]  # PEM as a readable literal block
     document = yaml.safe_load(entry["content"])
-    again, problems = validate_launch_data(document, base_dir=tmp_path, openssl=None)
+    again, problems = check_launch_data(document, base_dir=tmp_path, openssl=None)
     assert problems == [] and again == document == launch.data
     assert document["ssh_authorized_keys"] == [ED25519.replace("teacher@laptop", "t@l")]
     assert document["tls"] == {"certificate": FAKE_CERT, "key": FAKE_KEY}
