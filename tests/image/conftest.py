@@ -4,7 +4,7 @@ Everything here needs a running guest and is skipped otherwise (so that the
 fast suite, which collects every folder, never checks the build host):
 - tests using `host` need `--hosts=ssh://USER@127.0.0.1:PORT` (USER with sudo);
 - tests using `https_url` also need HUBKILN_TEST_HTTPS_PORT (the guest's 443).
-See tests/image/README.md for the invocation; `invoke test` boots an image and
+See tests/image/README.md for the invocation; `invoke validate` boots an image and
 runs them (hubkiln/validation/imagetest.py).
 
 Limits: the tests read what the image should do from the image itself (its
@@ -352,7 +352,7 @@ def student_password() -> str:
 class Credentials:
     """The secrets issued with the launch settings the guest was given
     (hubkiln.config.launch.issue_credentials): the admins' hub passwords and the students'
-    enrolment codes, from HUBKILN_TEST_CREDENTIALS (a JSON file; `invoke test` writes it)."""
+    enrolment codes, from HUBKILN_TEST_CREDENTIALS (a JSON file; `invoke validate` writes it)."""
 
     admin_passwords: dict[str, str]
     enrolment_codes: dict[str, str]

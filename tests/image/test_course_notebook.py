@@ -3,7 +3,7 @@ examples a student would run (TSP with networkx, LP with pulp, CP-SAT with ortoo
 give the right answers, in a kernel of the student's own server, over its websocket.
 
 The package list comes from the profile the image was built from
-(HUBKILN_TEST_PROFILE, set by `invoke test`); each example is skipped, with the
+(HUBKILN_TEST_PROFILE, set by `invoke validate`); each example is skipped, with the
 reason, when the profile does not list its package.
 """
 

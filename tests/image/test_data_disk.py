@@ -1,7 +1,7 @@
 """/home on the data disk, the uid registry and the new-term tool, inside a booted image.
 
 The data-disk checks skip (with the reason) when the guest has no data disk:
-`invoke test` boots without one; tests/e2e/test_new_term.py boots with one.
+`invoke validate` boots without one; tests/e2e/test_new_term.py boots with one.
 """
 
 from __future__ import annotations
