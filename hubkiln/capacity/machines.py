@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hubkiln.capacity.record import (
+    cpu_role,
     parse_memory_current,
     student_unit,
 )
@@ -30,24 +31,30 @@ SAMPLE_INTERVAL = 5.0
 
 # ------------------------------------------------------------------ the machine's side
 #: Runs in the guest (the image's hub Python), every SAMPLE_INTERVAL s: each process of a
-#: student's server unit (its cgroup lines, PSS, whether it is a kernel), the units'
-#: cgroup memory as the guest's systemd reports it, memory and load. Which unit a
-#: process belongs to is decided on the host (student_unit).
+#: student's server unit (its cgroup lines, PSS, whether it is a kernel), every
+#: process's CPU time so far (with its start time, so that a reused pid is another
+#: process), the machine's busy CPU time, the units' cgroup memory as the guest's
+#: systemd reports it, memory and load. Which unit and role a process belongs to is
+#: decided on the host (student_unit, cpu_role).
 SAMPLE_SCRIPT = """\
 import json, os, subprocess
-processes = []
+processes, cpu = [], []
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
         cgroup = open(f"/proc/{pid}/cgroup").read()
-        if "-singleuser.service" not in cgroup:
-            continue
-        rollup = open(f"/proc/{pid}/smaps_rollup").read()
+        stat = open(f"/proc/{pid}/stat").read()
         kernel = b"ipykernel" in open(f"/proc/{pid}/cmdline", "rb").read()
+        student = "-singleuser.service" in cgroup
+        rollup = open(f"/proc/{pid}/smaps_rollup").read() if student else ""
     except OSError:  # the process ended meanwhile
         continue
-    pss = sum(int(line.split()[1]) * 1024 for line in rollup.splitlines()
-              if line.startswith("Pss:"))
-    processes.append([cgroup, pss, kernel])
+    fields = stat[stat.rindex(")") + 2:].split()
+    # utime + stime (fields 14 and 15 of stat) and the start time (22): who it is.
+    cpu.append([int(pid), int(fields[19]), int(fields[11]) + int(fields[12]), cgroup, kernel])
+    if student:
+        pss = sum(int(line.split()[1]) * 1024 for line in rollup.splitlines()
+                  if line.startswith("Pss:"))
+        processes.append([cgroup, pss, kernel])
 try:
     shown = subprocess.run(["systemctl", "show", "-p", "Id", "-p", "MemoryCurrent",
                             "hubkiln-students.slice", "jupyter-*-singleuser.service"],
@@ -56,7 +63,10 @@ except (OSError, subprocess.SubprocessError):
     shown = ""
 memory = {line.split(":")[0]: int(line.split()[1]) * 1024
           for line in open("/proc/meminfo") if line.split()[1:2]}
-print(json.dumps({"processes": processes, "memory_current": shown,
+busy = open("/proc/stat").readline().split()[1:]
+print(json.dumps({"processes": processes, "memory_current": shown, "cpu": cpu,
+                  "busy_ticks": sum(map(int, busy[:3] + busy[5:8])),
+                  "clock_ticks": os.sysconf("SC_CLK_TCK"),
                   "load1": os.getloadavg()[0], "mem_available": memory["MemAvailable"],
                   "mem_total": memory["MemTotal"], "cpus": os.cpu_count()}))
 """
@@ -78,13 +88,21 @@ def units_of(processes: list[list[Any]]) -> dict[str, dict[str, Any]]:
     return units
 
 
+def cpu_of(processes: list[list[Any]], clock_ticks: int) -> dict[str, list[Any]]:
+    """Each process's role and CPU seconds so far, by "pid:start time" (pure)."""
+    return {f"{pid}:{start}": [cpu_role(cgroup, kernel), round(ticks / clock_ticks, 2)]
+            for pid, start, ticks, cgroup, kernel in processes}
+
+
 def parse_sample(output: str) -> dict[str, Any]:
     """One sample from the sampling script's output (pure)."""
     raw = json.loads(output)
     return {"t": round(time.time(), 1), "load1": raw["load1"],
             "mem_available": raw["mem_available"], "mem_total": raw["mem_total"],
             "cpus": raw["cpus"], "units": units_of(raw["processes"]),
-            "cgroup": parse_memory_current(raw["memory_current"])}
+            "cgroup": parse_memory_current(raw["memory_current"]),
+            "cpu": cpu_of(raw["cpu"], raw["clock_ticks"]),
+            "busy_seconds": round(raw["busy_ticks"] / raw["clock_ticks"], 2)}
 
 
 class Sampler(threading.Thread):

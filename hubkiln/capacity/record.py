@@ -73,6 +73,49 @@ def student_unit(cgroup_text: str) -> str | None:
     return None
 
 
+#: The roles whose CPU a class start is broken down into, by the unit a process is in.
+ROLE_UNITS = {"jupyterhub.service": "hub", "jupyterhub-proxy.service": "proxy",
+              "hubkiln-front.service": "front"}
+CPU_ROLES = ("hub", "proxy", "front", "servers", "kernels", "other")
+
+
+def cpu_role(cgroup_text: str, kernel: bool) -> str:
+    """The role of a process, from its /proc/PID/cgroup and whether it is a kernel (pure):
+    a student's server or kernel, the hub (with what it runs: useradd, systemd-run),
+    the proxy, the HTTPS front, or other (systemd, journald, sshd, the sampler)."""
+    if student_unit(cgroup_text) is not None:
+        return "kernels" if kernel else "servers"
+    for line in cgroup_text.splitlines():
+        if line.startswith("0::") or ":name=systemd:" in line:
+            unit = line.rstrip("/").rsplit("/", 1)[-1]
+            if unit in ROLE_UNITS:
+                return ROLE_UNITS[unit]
+    return "other"
+
+
+def cpu_by_role(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU seconds each role used between the first and the last sample of the class,
+    and the machine's busy seconds meanwhile (pure). A process alive at the first sample
+    counts from there, one that started later from zero; one that started and ended
+    between two samples is not seen, and shows only in `unseen` (machine minus roles)."""
+    during = [s for s in samples if "cpu" in s and not s.get("after")]
+    if len(during) < 2:
+        return {"measured": False, "why": "fewer than two samples of the class"}
+    first = during[0]["cpu"]
+    peak: dict[str, list[Any]] = {}
+    for sample in during:
+        for key, (role, seconds) in sample["cpu"].items():
+            peak[key] = [role, max(seconds, peak.get(key, [role, 0.0])[1])]
+    roles = dict.fromkeys(CPU_ROLES, 0.0)
+    for key, (role, seconds) in peak.items():
+        roles[role] += seconds - (first[key][1] if key in first else 0.0)
+    machine = during[-1]["busy_seconds"] - during[0]["busy_seconds"]
+    return {"measured": True, "seconds": round(during[-1]["t"] - during[0]["t"], 1),
+            "cpu_seconds": {role: round(value, 1) for role, value in roles.items()},
+            "machine_busy_seconds": round(machine, 1),
+            "unseen_seconds": round(machine - sum(roles.values()), 1)}
+
+
 def parse_memory_current(text: str) -> dict[str, int | None]:
     """`systemctl show -p Id -p MemoryCurrent UNIT...` -> unit: bytes, or None where
     systemd does not account it ([not set], infinity) (pure)."""
@@ -155,7 +198,8 @@ def capacity_record(*, profile: str, image: str, engine: str, students: int, ram
                 "min": round(min(available) / MIB) if available else None},
         },
         "cpu": {"load1_max": round(max(loads), 2) if loads else None,
-                "load1_mean": round(statistics.mean(loads), 2) if loads else None},
+                "load1_mean": round(statistics.mean(loads), 2) if loads else None,
+                "by_role": cpu_by_role(samples)},
         "load_and_mem_available_are": host_note,
         "deadline_hit": client.get("deadline_hit", False),
     }

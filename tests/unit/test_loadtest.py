@@ -102,6 +102,44 @@ def test_the_sampling_script_runs_and_its_output_parses():
     sample = machines.parse_sample(ran.stdout)
     assert sample["units"] == {}
     assert sample["cpus"] >= 1 and 0 < sample["mem_available"] <= sample["mem_total"]
+    # It sees itself (pid 1 of the namespace), as a process of no hub role.
+    assert [role for key, (role, _) in sample["cpu"].items() if key.startswith("1:")] == [
+        "other"]
+    assert sample["busy_seconds"] > 0
+
+
+def test_each_process_gets_its_role_from_its_unit():
+    student = "1:name=systemd:/hubkiln-students.slice/jupyter-ada-singleuser.service\n"
+    assert record.cpu_role(student, kernel=False) == "servers"
+    assert record.cpu_role(student, kernel=True) == "kernels"
+    assert record.cpu_role("0::/system.slice/jupyterhub.service\n", False) == "hub"
+    assert record.cpu_role("1:name=systemd:/system.slice/jupyterhub-proxy.service\n"
+                           "0::/system.slice/jupyterhub-proxy.service\n", False) == "proxy"
+    assert record.cpu_role("0::/system.slice/hubkiln-front.service\n", False) == "front"
+    # A unit whose name only contains a role's is not that role.
+    assert record.cpu_role("0::/system.slice/not-jupyterhub.service\n", False) == "other"
+    assert record.cpu_role("0::/init.scope\n", False) == "other"
+
+
+def test_cpu_by_role_counts_from_the_first_sample_and_new_processes_from_zero():
+    def sample(t, busy, cpu, after=False):
+        return {"t": t, "busy_seconds": busy, "cpu": cpu, **({"after": True} if after else {})}
+
+    samples = [
+        sample(0, 100.0, {"10:5": ["hub", 40.0], "11:6": ["servers", 1.0]}),
+        sample(5, 108.0, {"10:5": ["hub", 42.0], "11:6": ["servers", 2.5],
+                          "12:7": ["kernels", 3.0]}),
+        # pid 11 ended; pid 12 reused by another process (another start time).
+        sample(10, 116.0, {"10:5": ["hub", 43.0], "12:7": ["kernels", 4.0],
+                           "12:9": ["kernels", 1.0]}),
+        sample(15, 200.0, {"10:5": ["hub", 90.0]}, after=True),
+    ]
+    found = record.cpu_by_role(samples)
+    assert found["measured"] and found["seconds"] == 10
+    assert found["cpu_seconds"] == {"hub": 3.0, "proxy": 0.0, "front": 0.0,
+                                    "servers": 1.5, "kernels": 5.0, "other": 0.0}
+    assert found["machine_busy_seconds"] == 16.0 and found["unseen_seconds"] == 6.5
+    assert record.cpu_by_role(samples[:1])["measured"] is False
 
 
 class FakeVm:
