@@ -86,15 +86,19 @@ def build(c, profile="optimization", accel=None, verbose=False, skip_validation=
     "user-space tests and the VM for what needs the image's kernel, boot and firewall), "
     "`vm` (every test in the VM) or `container` (systemd-nspawn only, at native speed; "
     "the tests that need the VM are not run, and the run is not recorded).",
+    "variant": "A profile (name or path) that differs from --profile only in its hub "
+    "settings (hub, tls, content.delivery): the container boots the image with that "
+    "profile's settings and the tests expect them (not recorded; logs in "
+    "logs/variant-NAME/).",
 })
 @reports_errors
 def validate(c, profile="optimization", image=None, accel=None, faults=False, select=None,
-             engine="auto"):
+             engine="auto", variant=None):
     """Boot a built image fresh on a snapshot and validate it with tests/image (testinfra)."""
     if faults:
         os.environ["HUBKILN_TEST_FAULTS"] = "1"  # read by tests/image/conftest.py
     record = actions.validate(profile, image=image, accelerator=accel, select=select,
-                              engine=engine)
+                              engine=engine, variant_ref=variant)
     partial = f" (only tests matching {select!r}; not recorded)" if select else ""
     if record.get("not_run"):
         partial += f"; not run: {record['not_run']} (not recorded)"

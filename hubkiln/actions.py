@@ -22,7 +22,7 @@ from hubkiln.errors import BuildError, HubkilnError
 from hubkiln.paths import CACHE_DIR, OUTPUT_DIR, output_dir
 from hubkiln.stages import artifacts, pipeline
 from hubkiln.stages.render import check_templates, render_templates
-from hubkiln.validation import engines, imagetest
+from hubkiln.validation import engines, imagetest, variants
 
 
 def render(profile_ref: str) -> tuple[Profile, Path]:
@@ -70,13 +70,17 @@ def build(profile_ref: str, *, accelerator: str | None, verbose: bool,
 
 
 def validate(profile_ref: str, *, image: str | None, accelerator: str | None,
-             select: str | None = None, engine: str = "auto") -> dict:
+             select: str | None = None, engine: str = "auto",
+             variant_ref: str | None = None) -> dict:
     """Boot a built image fresh and run tests/image against it; record the outcome.
 
     `select` (a pytest -k expression) runs only some tests, and `engine="container"`
     leaves out the tests that need the VM: such partial runs are never recorded in
-    manifest.json, which speaks for the whole suite."""
+    manifest.json, which speaks for the whole suite. Nor is a run with a settings
+    variant (hubkiln/validation/variants.py), which proves another profile's settings
+    on this image; its logs go to logs/variant-NAME/."""
     profile = load_profile(profile_ref)
+    variant = variants.load_variant(profile, variant_ref) if variant_ref else None
     out = output_dir(profile)
     manifest = artifacts.read_manifest(out)
     if image is None:
@@ -87,15 +91,19 @@ def validate(profile_ref: str, *, image: str | None, accelerator: str | None,
     else:
         path = Path(image)
     with proc.terminated_by_sigterm():  # SIGTERM powers the test VM off like Ctrl-C
-        record = imagetest.validate_image(profile, path, accelerator=accelerator,
-                                          pytest_args=["-k", select] if select else None,
-                                          engine=engine)
-    # A container-only pass proves a part: not recorded. A failure always is.
+        record = imagetest.validate_image(
+            profile, path, accelerator=accelerator, variant=variant,
+            pytest_args=["-k", select] if select else None, engine=engine,
+            logs=out / "logs" / f"variant-{variant.profile.name}" if variant else None)
+    # A container-only pass proves a part: not recorded. A failure always is, but not a
+    # variant's: the image was booted with settings it was not built with.
     partial = record.get("not_run") and record["status"] == "passed"
-    if image is None and not select and not partial:
+    if image is None and not select and not partial and not variant:
         engines.record_validation(out, record)
     if record["status"] != "passed":
-        raise BuildError(engines.failure_message(record), hint=f"see {out / record['log']}")
+        logs = out / "logs" / (f"variant-{variant.profile.name}" if variant else "")
+        raise BuildError(engines.failure_message(record),
+                         hint=f"see {logs / Path(record['log']).name}")
     return record
 
 

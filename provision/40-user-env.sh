@@ -22,6 +22,10 @@ USER_ENV="$HUBKILN_PREFIX/user"
 BASE="$HUBKILN_FILES/user-requirements.txt"
 STAMP="$USER_ENV/.hubkiln-inputs"
 KERNEL_NAME="${HUBKILN_KERNEL_NAME:-python3}"
+# Kernels run at this nice, in their own autogroup (their own session) too: a class
+# whose first cells import the course's packages leaves the CPU to the servers that
+# are still starting, to the hub and to each student's own server (issue 14).
+KERNEL_NICE=10
 KERNEL_DISPLAY_NAME="${HUBKILN_KERNEL_DISPLAY_NAME:-}"
 [[ -n "$KERNEL_DISPLAY_NAME" ]] || die "HUBKILN_KERNEL_DISPLAY_NAME is empty: give the kernel's name in the launcher"
 command -v python3 >/dev/null || die "python3 is missing: run 10-apt-packages.sh first"
@@ -40,7 +44,8 @@ export JUPYTER_CONFIG_DIR="$SCRATCH/jupyter-config" JUPYTER_DATA_DIR="$SCRATCH/j
     JUPYTER_RUNTIME_DIR="$SCRATCH/jupyter-runtime" IPYTHONDIR="$SCRATCH/ipython"
 
 digest="$(inputs_digest "$(python3 -c 'import sys; print(sys.version_info[:2])')" \
-    "$(cat "$BASE")" "${PROFILE_PACKAGES[@]}" "$KERNEL_NAME" "$KERNEL_DISPLAY_NAME")"
+    "$(cat "$BASE")" "${PROFILE_PACKAGES[@]}" "$KERNEL_NAME" "$KERNEL_DISPLAY_NAME" \
+    "$(cat "$HUBKILN_FILES/user/hubkiln-kernel")" "$KERNEL_NICE")"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$digest" && -x "$USER_ENV/bin/jupyter-lab" ]]; then
     announce "the user environment is up to date ($USER_ENV)"
 else
@@ -53,9 +58,21 @@ else
     announce "installing the user environment: ${BASE##*/} + ${PROFILE_PACKAGES[*]:-no profile packages}"
     py_install "$USER_ENV/bin/python" -r "$BASE" -r "$SCRATCH/profile-requirements.txt"
 
-    announce "registering the kernel '$KERNEL_NAME' ('$KERNEL_DISPLAY_NAME') inside $USER_ENV"
+    announce "registering the kernel '$KERNEL_NAME' ('$KERNEL_DISPLAY_NAME') inside $USER_ENV, started by hubkiln-kernel (nice $KERNEL_NICE)"
     "$USER_ENV/bin/python" -m ipykernel install --sys-prefix \
         --name "$KERNEL_NAME" --display-name "$KERNEL_DISPLAY_NAME"
+    install -m 0755 -o root -g root "$HUBKILN_FILES/user/hubkiln-kernel" "$USER_ENV/bin/hubkiln-kernel"
+    sed -i -e "s/@KERNEL_NICE@/$KERNEL_NICE/g" -e "s|@PYTHON@|$USER_ENV/bin/python|" \
+        "$USER_ENV/bin/hubkiln-kernel"
+    spec="$USER_ENV/share/jupyter/kernels/$KERNEL_NAME/kernel.json"
+    "$USER_ENV/bin/python" - "$spec" "$USER_ENV/bin/hubkiln-kernel" <<'PY'
+import json, sys
+spec, launcher = sys.argv[1:]
+data = json.load(open(spec))
+assert data["argv"][0].endswith("/python"), data["argv"]
+data["argv"][0] = launcher  # it execs the same python with the same arguments
+json.dump(data, open(spec, "w"), indent=1)
+PY
     if [[ "$KERNEL_NAME" != python3 ]]; then
         announce "making '$KERNEL_NAME' the only and default kernel (hiding ipykernel's python3)"
         rm -rf "$USER_ENV/share/jupyter/kernels/python3"
@@ -79,3 +96,4 @@ announce "checking the user environment"
 "$USER_ENV/bin/jupyter" lab --version
 "$USER_ENV/bin/jupyterhub-singleuser" --version
 "$USER_ENV/bin/jupyter" kernelspec list
+"$USER_ENV/bin/hubkiln-kernel" -c 'import ipykernel_launcher, os; print("kernel launcher: nice", os.nice(0))'

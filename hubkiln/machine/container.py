@@ -23,7 +23,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubkiln.errors import BuildError
@@ -39,13 +39,16 @@ NSPAWN_OPTIONS = ("--keep-unit", "--register=no", "--private-network", "--boot",
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    """What to boot: the image, the NoCloud seed files, where to log and work."""
+    """What to boot: the image, the NoCloud seed files, where to log and work, and
+    files that replace the image's own in the throwaway overlay (a settings variant,
+    hubkiln/validation/variants.py)."""
 
     image: Path
     seed: dict[str, str]  # file name in the NoCloud seed folder -> content
     work: Path
     console_log: Path
     machine: str = "hubkiln-test"
+    files: dict[str, str] = field(default_factory=dict)  # absolute path -> content
 
 
 def root_partition_offset(sgdisk_print: str) -> int:
@@ -64,6 +67,15 @@ def nspawn_command(tree: Path, machine: str) -> list[str]:
 def netns_command(leader: int, command: list[str]) -> list[str]:
     """`command` run in the network namespace of the container's init (pure)."""
     return ["nsenter", "-t", str(leader), "-n", "--", *command]
+
+
+def overlay_path(tree: Path, name: str) -> Path:
+    """Where the file `name` (an absolute path in the image) goes in `tree` (pure):
+    refused when it is not absolute or would leave the tree."""
+    relative = Path(name.lstrip("/"))
+    if not name.startswith("/") or ".." in relative.parts:
+        raise BuildError(f"{name}: not an absolute path inside the image")
+    return tree / relative
 
 
 def children(pid: int) -> list[int]:
@@ -126,6 +138,13 @@ class Container:
             path = seed / name
             path.write_text(content, encoding="utf-8")
             path.chmod(0o600)
+        for name, content in spec.files.items():
+            path = overlay_path(tree, name)
+            if not path.parent.is_dir() or path.is_symlink() or not path.parent.resolve(
+                    ).is_relative_to(tree.resolve()):
+                raise BuildError(f"{name}: the image has no folder for it (or a link there)")
+            path.write_text(content, encoding="utf-8")
+            path.chmod(0o644)
         spec.console_log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(spec.console_log, "wb")  # noqa: SIM115 (closed in stop)
         self.process = Child(nspawn_command(tree, spec.machine), output=self._log,

@@ -34,8 +34,9 @@ GUEST_PROVISION_DIR = "/run/hubkiln-build/provision"
 #: guest) for 60-content.sh; /var/tmp is emptied by the seal.
 CONTENT_STAGING = "/var/tmp/hubkiln-content"
 #: Where the build puts the profile's hub settings drop-in inside the tree (or the
-#: guest) for 50-hub-config.sh, which installs it as hub.d/00-profile.yaml.
+#: guest) for 50-hub-config.sh, which installs it as HUB_SETTINGS_DROPIN.
 HUB_SETTINGS_STAGING = "/var/tmp/hubkiln-settings/00-profile.yaml"
+HUB_SETTINGS_DROPIN = "/etc/hubkiln/hub.d/00-profile.yaml"
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ STEPS: tuple[Step, ...] = (
     Step("30-proxy.sh", "envs", "configurable-http-proxy", files=("proxy",)),
     Step("40-user-env.sh", "envs", "the students' environment and kernel",
          ("HUBKILN_PYTHON_PACKAGES", "HUBKILN_KERNEL_DISPLAY_NAME"),
-         files=("user-requirements.txt", "uv-requirements.txt")),
+         files=("user-requirements.txt", "uv-requirements.txt", "user")),
     Step("50-hub-config.sh", "config", "hub configuration, helpers and units",
          ("HUBKILN_HUB_SETTINGS_FILE",), files=("hub", "bin", "systemd")),
     Step("60-content.sh", "config", "course material, read-only", ("HUBKILN_CONTENT_SRC",)),

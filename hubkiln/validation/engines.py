@@ -106,7 +106,7 @@ def combine_records(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     the container says so: the tests that need the VM were not run."""
     records = [r for r in runs.values() if r["status"] != "not-run"]
     combined: dict[str, Any] = {
-        "status": "passed" if all(r["status"] == "passed" for r in runs.values()) else "failed",
+        "status": "passed" if all(r["status"] == "passed" for r in records) else "failed",
         "at": records[-1].get("at"),
         "engines": runs,
         "seconds": round(sum(r.get("seconds", 0) for r in records), 1),
@@ -125,7 +125,7 @@ def combine_records(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             combined["boot"] = runs["vm"]["boot"]
         combined["guest_panics"] = runs["vm"].get("guest_panics", [])
     elif "vm" in runs:
-        combined["not_run"] = "the VM's share: the container's run failed first"
+        combined["not_run"] = f"the VM's share: {runs['vm']['reason']}"
     else:
         combined["not_run"] = ("the tests marked needs(...) (kernel, boot, firewall, limits, "
                                "reboot, Lynis): they need the VM engine")

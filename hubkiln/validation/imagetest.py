@@ -45,6 +45,7 @@ from hubkiln.validation.engines import (
     plan_engines,
     read_reports,
 )
+from hubkiln.validation.variants import Variant
 
 TEST_ADMIN = "teacher"
 #: The admin's SSH account (with sudo), which the tests log in as: not the hub account.
@@ -103,9 +104,11 @@ def render_ssh_config(control_dir: Path) -> str:
 def validate_image(profile: Profile, image: Path, *, accelerator: str | None = None,
                    progress: Progress | None = None, pytest_args: list[str] | None = None,
                    boot_timeout: float = 900, engine: str = "auto",
-                   logs: Path | None = None) -> dict[str, Any]:
+                   logs: Path | None = None, variant: Variant | None = None) -> dict[str, Any]:
     """Boot `image` fresh with each engine of `plan_engines` and run its share of the
-    image tests; return the validation record (combine_records).
+    image tests; return the validation record (combine_records). With a `variant`, the
+    container boots the image with the variant's hub settings and the tests expect them;
+    the VM's share is then not run (it boots the artifact as it is), on the record.
 
     Logs and screenshots go to `logs`: by default `output/<profile>/logs/`; a build
     gives its candidate folder's, so that the current folder is left alone."""
@@ -114,16 +117,21 @@ def validate_image(profile: Profile, image: Path, *, accelerator: str | None = N
     choice = accel.choose_accelerator(accelerator)
     runs: dict[str, dict[str, Any]] = {}
     for name, marks in plan_engines(engine, choice.name):
+        if variant and name != "container":
+            runs[name] = {"status": "not-run", "passed": 0, "failed": 0, "skipped": 0,
+                          "failures": [], "reason": "a settings variant boots in the "
+                          "container only (hubkiln/validation/variants.py)"}
+            continue
         if runs and any(run["status"] != "passed" for run in runs.values()):
             # Failed already: booting another machine would only cost time.
             runs[name] = {"status": "not-run", "passed": 0, "failed": 0, "skipped": 0,
-                          "failures": [], "reason": "an earlier engine's run failed"}
+                          "failures": [], "reason": "the container's run failed first"}
             continue
         args = [*(["-m", marks] if marks else []), *(pytest_args or [])]
         if name == "container":
             progress.detail("booting the image in a container (systemd-nspawn, native speed)")
             runs[name] = validate_in_container(profile, image, progress, args, boot_timeout,
-                                               logs)
+                                               logs, variant)
         else:
             runs[name] = validate_in_vm(profile, image, choice.name, progress, args,
                                         boot_timeout, logs)
@@ -317,9 +325,10 @@ def measure_boot(vm: Vm, key: Path, https_port: int, to_ssh: float, booted: floa
 
 def validate_in_container(profile: Profile, image: Path, progress: Progress,
                           pytest_args: list[str], boot_timeout: float,
-                          logs: Path) -> dict[str, Any]:
+                          logs: Path, variant: Variant | None = None) -> dict[str, Any]:
     """The container's share: boot the image in systemd-nspawn and run the tests from
-    inside its network namespace (the guest's 22, 80 and 443 on 127.0.0.1)."""
+    inside its network namespace (the guest's 22, 80 and 443 on 127.0.0.1); with a
+    variant, with its hub settings in place of the image's, and the tests told so."""
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hubkiln-test-") as tmp:
@@ -327,14 +336,15 @@ def validate_in_container(profile: Profile, image: Path, progress: Progress,
         seed_files = {"user-data": seed.render_user_data(material.settings),
                       "meta-data": seed.render_meta_data(material.settings)}
         spec = ContainerSpec(image=image, seed=seed_files, work=Path(tmp) / "container",
-                             console_log=logs / "validate-container-console.log")
+                             console_log=logs / "validate-container-console.log",
+                             files=variant.files if variant else {})
         with Container(spec) as box:
             waited = wait_for_container_ssh(box, material.key, boot_timeout)
             progress.detail(f"SSH answered in the container after {waited:.0f}s; "
                             "running tests/image")
             ports = {22: 22, 80: 80, 443: 443}
-            env = material.env(profile, logs, ports, client_address="127.0.0.1",
-                               engine="container")
+            env = material.env(variant.profile if variant else profile, logs, ports,
+                               client_address="127.0.0.1", engine="container")
             returncode = watch_tests(
                 box.in_netns(pytest_command(material.junit, 22, material.key,
                                             material.ssh_config, pytest_args)),

@@ -494,17 +494,19 @@ def _student_sessions() -> dict[str, StudentSession]:
 
 @pytest.fixture(scope="module")
 def student(host: Any, settings: dict[str, Any], hub_client, student_password: str,
-            credentials: Credentials,
+            credentials: Credentials, enrol,
             _student_sessions: dict[str, StudentSession]) -> StudentSession:
-    """The first roster student (or HUBKILN_TEST_STUDENT), logged in with a running server."""
-    if settings["authenticator"] != "firstuse":
+    """The first roster student (or HUBKILN_TEST_STUDENT), logged in with a running server
+    (signed up and approved first, with the native login)."""
+    if settings["authenticator"] not in FORM_LOGINS:
         pytest.skip(f"logging in through '{settings['authenticator']}' needs its identity "
-                    "provider; the form login is tested with firstuse")
+                    "provider; the form logins are tested with firstuse and native")
     name = os.environ.get("HUBKILN_TEST_STUDENT") or next(iter(settings["users"]), None)
     if not name:
         pytest.skip("no student on the roster (launch setting 'users')")
     if name not in _student_sessions:
         try:
+            enrol(name, student_password)
             _student_sessions[name] = login_and_spawn(
                 hub_client(), name, student_password,
                 code=credentials.enrolment_codes.get(name, ""))
@@ -691,12 +693,13 @@ def open_kernel(front: Front, tls_context: ssl.SSLContext):
 
 
 @pytest.fixture(scope="module")
-def log_in(host: Any, hub_client, student_password: str, credentials: Credentials,
+def log_in(host: Any, hub_client, student_password: str, credentials: Credentials, enrol,
            _student_sessions: dict[str, StudentSession]):
     """log_in(name) -> that roster student's session, logged in with a running server."""
     def logged_in(name: str) -> StudentSession:
         if name not in _student_sessions:
             try:
+                enrol(name, student_password)
                 _student_sessions[name] = login_and_spawn(
                     hub_client(), name, student_password,
                     code=credentials.enrolment_codes.get(name, ""))
@@ -747,8 +750,84 @@ def admin_client(launch: dict[str, Any], settings: dict[str, Any], hub_client,
     admins = list(launch.get("admins") or [])
     if not admins:
         pytest.skip("no admin in the launch settings")
-    if settings["authenticator"] != "firstuse":
-        pytest.skip("the form login is tested with firstuse")
+    if settings["authenticator"] not in FORM_LOGINS:
+        pytest.skip("the form logins are tested with firstuse and native")
     client = hub_client()
     form_login(client, admins[0], credentials.admin_password(admins[0]))
     return admins[0], client
+
+
+def native_sign_up(client: HubClient, name: str, password: str,
+                   confirmation: str | None = None) -> str:
+    """The native login's sign-up form, as a browser fills it in: the page it answers."""
+    status, _, page, _ = client.get("/hub/signup")
+    assert status == 200, f"sign-up page: HTTP {status}"
+    xsrf = XSRF_FIELD.search(page)
+    assert xsrf, "the sign-up form has no _xsrf field"
+    status, _, text = client.request("POST", "/hub/signup", form={
+        "_xsrf": xsrf.group(1), "username": name, "signup_password": password,
+        "signup_password_confirmation": password if confirmation is None else confirmation})
+    assert status == 200, f"sign-up of {name}: HTTP {status}: {text[:300]}"
+    return text
+
+
+def native_approval(admin: HubClient, name: str) -> bool | None:
+    """Whether the admin's authorization page shows `name` approved (None: not listed)."""
+    status, _, page, _ = admin.get("/hub/authorize")
+    assert status == 200, f"the authorization page: HTTP {status}"
+    row = re.search(rf'<tr[^>]*\bid="?{re.escape(name)}"?>(.*?)</tr>', page, re.S)
+    return None if row is None else "<td>Yes</td>" in row.group(1)
+
+
+def native_toggle(admin: HubClient, front: Front, name: str,
+                  referer: str | None = "/hub/authorize") -> int:
+    """Follow the authorization page's button for `name` (it toggles the approval), as a
+    browser does from `referer` (a path on the hub's site, or None for none): status."""
+    headers = {"Referer": front.url(referer) if referer else ""}
+    return admin.request("GET", f"/hub/authorize/{name}", headers=headers)[0]
+
+
+#: The logins whose students and admins use the hub's own login form.
+FORM_LOGINS = ("firstuse", "native")
+
+
+@dataclass(frozen=True)
+class NativePages:
+    """The native login's pages, driven as a browser does (tests/image/test_login_native.py)."""
+
+    sign_up = staticmethod(native_sign_up)
+    approval = staticmethod(native_approval)
+    toggle = staticmethod(native_toggle)
+
+
+@pytest.fixture(scope="session")
+def native_pages() -> NativePages:
+    return NativePages()
+
+
+@pytest.fixture(scope="session")
+def enrol(given_settings: dict[str, Any], given_launch: dict[str, Any], hub_client,
+          credentials: Credentials, front: Front):
+    """enrol(name, password): make the roster student `name` able to log in with
+    `password`. With firstuse nothing is needed (the first login sets it); with native
+    the student signs up and the first launch admin approves the sign-up on the hub's
+    authorization page, as a teacher does."""
+    done: set[str] = set()
+
+    def enrolled(name: str, password: str) -> None:
+        if given_settings["authenticator"] != "native" or name in done:
+            return
+        page = native_sign_up(hub_client(), name, password)
+        admins = list(given_launch.get("admins") or [])
+        assert admins, "a native login needs an admin to approve sign-ups"
+        admin = hub_client()
+        form_login(admin, admins[0], credentials.admin_password(admins[0]))
+        approved = native_approval(admin, name)
+        assert approved is not None, f"{name}'s sign-up is not on the authorization page: " \
+            + re.sub(r"\s+", " ", page)[-400:]
+        if not approved:
+            native_toggle(admin, front, name)
+            assert native_approval(admin, name), f"the admin's approval of {name} did not hold"
+        done.add(name)
+
+    return enrolled

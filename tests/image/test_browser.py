@@ -54,6 +54,33 @@ def log_in(browser, front, name: str, password: str, next_path: str = "", code: 
     return context, page
 
 
+def browser_sign_up_and_approval(browser, front, name: str, password: str, admin: str,
+                                 admin_password: str, shots: Path) -> None:
+    """The native login, as people do it: the student fills in the sign-up page, then the
+    admin opens the authorization page and presses the student's Authorize button."""
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(front.url("/hub/signup"))
+        page.fill("input[name=username]", name)
+        page.fill("input[name=signup_password]", password)
+        page.fill("input[name=signup_password_confirmation]", password)
+        page.click("[type=submit]")
+        page.get_by_text("sent to the admin").wait_for()
+    finally:
+        context.close()
+    context, page = log_in(browser, front, admin, admin_password, "/hub/authorize")
+    try:
+        page.wait_for_url("**/hub/authorize**")
+        row = page.locator(f"tr[id='{name}']")
+        row.get_by_role("button", name="Authorize", exact=True).click()
+        page.wait_for_selector(f"tr.success[id='{name}']")
+        page.screenshot(path=str(shots / "browser-native-approval.png"))
+    finally:
+        context.close()
+
+
 def second_student(settings) -> str:
     users = list(settings["users"])
     if len(users) < 2:
@@ -61,14 +88,21 @@ def second_student(settings) -> str:
     return users[1]
 
 
-def test_student_gets_jupyterlab_in_a_browser(host, browser, front, settings, student_password,
-                                              credentials, shots, journal):
-    """The second student logs in for the first time, and JupyterLab renders."""
-    if settings["authenticator"] != "firstuse":
-        pytest.skip("the browser login is tested with the firstuse form")
+def test_student_gets_jupyterlab_in_a_browser(host, browser, front, settings, launch,
+                                              student_password, credentials, shots, journal):
+    """The second student logs in for the first time, and JupyterLab renders (with the
+    native login: after signing up and the admin's approval, all in the browser)."""
+    if settings["authenticator"] not in ("firstuse", "native"):
+        pytest.skip("the browser logins are tested with the firstuse and native forms")
     name = second_student(settings)
-    context, page = log_in(browser, front, name, student_password,
-                           code=credentials.enrolment_codes.get(name, ""))
+    if settings["authenticator"] == "native":
+        admin = (list(launch.get("admins") or []) or [None])[0]
+        assert admin, "a native login needs an admin to approve sign-ups"
+        browser_sign_up_and_approval(browser, front, name, student_password, admin,
+                                     credentials.admin_password(admin), shots)
+    code = credentials.enrolment_codes.get(name, "") if settings["authenticator"] == "firstuse" \
+        else ""  # the native login has no enrolment codes
+    context, page = log_in(browser, front, name, student_password, code=code)
     try:
         page.wait_for_url(f"**/user/{name}/**")
         page.wait_for_selector("#jp-main-dock-panel, .jp-LabShell, #notebook-container")
@@ -89,8 +123,8 @@ def test_student_gets_jupyterlab_in_a_browser(host, browser, front, settings, st
 
 def test_admin_sees_the_students_in_the_admin_panel(browser, front, settings, launch,
                                                     credentials, shots):
-    if settings["authenticator"] != "firstuse":
-        pytest.skip("the browser login is tested with the firstuse form")
+    if settings["authenticator"] not in ("firstuse", "native"):
+        pytest.skip("the browser logins are tested with the firstuse and native forms")
     admins = list(launch.get("admins") or [])
     if not admins:
         pytest.skip("no admin in the launch settings")

@@ -128,12 +128,19 @@ def test_the_term_archive_matches_its_manifest(host, student):
         host.run(f"rm -rf {out}")
 
 
-def test_first_use_passwords_live_beside_the_homes(host, settings, student):
-    """They move with the data disk: after an OS disk swap no one can claim a name anew."""
-    if settings["authenticator"] != "firstuse":
-        pytest.skip(f"the {settings['authenticator']} login keeps no first-use passwords")
+#: What each password login keeps beside the homes: first-use passwords, or the hub's
+#: database with the native sign-ups and approvals.
+LOGIN_STATE = {"firstuse": "passwords.dbm", "native": "jupyterhub.sqlite"}
+
+
+def test_passwords_and_sign_ups_live_beside_the_homes(host, settings, student):
+    """They move with the data disk: after an OS disk swap no one can claim a name anew
+    (firstuse) or sign up again as a student whose home was kept (native)."""
+    if settings["authenticator"] not in LOGIN_STATE:
+        pytest.skip(f"the {settings['authenticator']} login keeps no passwords here")
     folder = host.file("/home/.hubkiln/hub")
     assert folder.is_directory and folder.user == "root" and folder.mode == 0o700
     found = host.run("ls /home/.hubkiln/hub").stdout.split()
-    assert any(name.startswith("passwords.dbm") for name in found), found
+    wanted = LOGIN_STATE[settings["authenticator"]]
+    assert any(name.startswith(wanted) for name in found), (wanted, found)
     assert not host.run("ls /var/lib/hubkiln/hub").stdout.count("passwords.dbm")

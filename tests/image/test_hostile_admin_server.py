@@ -52,8 +52,8 @@ def admin(launch) -> str:
 @pytest.fixture(scope="module")
 def admin_kernel(admin, settings, hub_client, credentials, login_and_start, open_kernel):
     """A kernel of the admin's own server, logged in with the admin's issued password."""
-    if settings["authenticator"] != "firstuse":
-        pytest.skip("the admin's server is reached through the firstuse form here")
+    if settings["authenticator"] not in ("firstuse", "native"):
+        pytest.skip("the admin's server is reached through the login form here")
     session = login_and_start(hub_client(), admin, credentials.admin_password(admin))
     kernel = open_kernel(session)
     yield kernel

@@ -4,6 +4,7 @@ and the admin sees every student (hub API, as the admin panel does)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -61,6 +62,48 @@ def test_other_student_cannot_see_the_first_students_processes(host, student, ot
     assert run.error is None, run.error
     owners = json.loads(run.stdout)
     assert uid not in owners, f"{other.name} sees processes of {student.name}: {owners}"
+
+
+def test_the_first_students_kernel_listens_on_no_port_another_student_can_reach(
+        host, student, kernel, other_kernel):
+    """A kernel speaks to its server over Unix sockets in the server's private /tmp:
+    on TCP (jupyter's default) its five channels listen on 127.0.0.1, open to every
+    local user, who can then try its key, or take a port before the kernel binds it
+    (at class start that killed kernels). What a student may still listen on: their
+    server's one port, and per kernel ipykernel's own pipe for the output of forked
+    processes (bound by the kernel itself, and each message must carry a random
+    secret of the kernel's). The other student sees the listeners in /proc/net/tcp."""
+    uid = host.user(student.name).uid
+    assert kernel.execute("print(1 + 1)").stdout.strip() == "2", "the kernel does not run"
+    seen = other_kernel.execute(
+        "found = 0\n"
+        "for table in ('/proc/net/tcp', '/proc/net/tcp6'):\n"
+        "    for line in open(table).read().splitlines()[1:]:\n"
+        "        f = line.split()\n"
+        f"        found += f[3] == '0A' and int(f[7]) == {uid}\n"
+        "print(found)\n")
+    assert seen.error is None, seen.error
+    listeners = host.run("ss -Hltnp").stdout
+    per_process: dict[int, int] = {}
+    for pid in map(int, re.findall(r"pid=(\d+)", listeners)):
+        if host.file(f"/proc/{pid}").exists and host.run(
+                f"stat -c %u /proc/{pid}").stdout.strip() == str(uid):
+            per_process[pid] = per_process.get(pid, 0) + 1
+    kinds = {pid: ("kernel" if "ipykernel" in host.file(f"/proc/{pid}/cmdline").content_string
+                   else host.file(f"/proc/{pid}/comm").content_string.strip())
+             for pid in per_process}
+    assert all(kind in ("kernel", "jupyterhub-sing") for kind in kinds.values()), (
+        f"{student.name} runs other listeners: {kinds}\n{listeners}")
+    assert all(count == 1 for count in per_process.values()), (
+        f"a process of {student.name} listens on several TCP ports (a kernel's channels, "
+        f"open to every local user): {per_process} {kinds}\n{listeners}")
+    assert int(seen.stdout) == sum(per_process.values()), (
+        f"the other student sees {seen.stdout.strip()} listeners of {student.name}")
+    # Its sockets, seen from outside the unit: in its private /tmp (PrivateTmp), theirs.
+    unit = f"jupyter-{student.name}-singleuser.service"
+    sockets = host.run(f"find /tmp -path '*-{unit}-*' -name 'kernel-*-ipc-*' -type s -user {uid}")
+    assert len(sockets.stdout.split()) >= 5, (
+        f"no kernel sockets in {student.name}'s private /tmp: {sockets.stdout}{sockets.stderr}")
 
 
 def test_admin_sees_every_student(admin_client, student, other):

@@ -131,6 +131,42 @@ def test_native_sign_ups_wait_for_approval_and_admins_cannot_sign_up(tmp_path, m
     assert login(hub, "alice", "alices-password")[0] == "alice"
 
 
+def test_approvals_count_only_from_the_hubs_own_authorization_page():
+    ok = auth.from_authorization_page
+    assert ok("https://hub.example.edu/hub/authorize", "hub.example.edu", "/hub/")
+    assert ok("https://127.0.0.1:8443/hub/authorize", "127.0.0.1:8443", "/hub/")
+    # A student's page on the same site, a page that hides its referer, another site,
+    # another port, the page with a look-alike path, plain http.
+    assert not ok("https://hub.example.edu/user/mallory/files/x.html", "hub.example.edu",
+                  "/hub/")
+    assert not ok("", "hub.example.edu", "/hub/")
+    assert not ok("https://evil.example/hub/authorize", "hub.example.edu", "/hub/")
+    assert not ok("https://hub.example.edu:444/hub/authorize", "hub.example.edu", "/hub/")
+    assert not ok("https://hub.example.edu/hub/authorize/x", "hub.example.edu", "/hub/")
+    assert not ok("http://hub.example.edu/hub/authorize", "hub.example.edu", "/hub/")
+
+
+def test_the_native_approve_and_discard_links_are_guarded():
+    from jupyterhub import orm
+    from nativeauthenticator import NativeAuthenticator
+    from nativeauthenticator.handlers import (
+        DiscardHandler,
+        LoginHandler,
+        ToggleAuthorizationHandler,
+    )
+
+    hub = auth.HubkilnNativeAuthenticator(config=Config(),
+                                          db=orm.new_session_factory("sqlite://")())
+    handlers = dict(hub.get_handlers(None))
+    for route, stock in ((r"/authorize/([^/]*)", ToggleAuthorizationHandler),
+                         (r"/discard/([^/]*)", DiscardHandler), (r"/login", LoginHandler)):
+        assert issubclass(handlers[route], stock) and handlers[route] is not stock, route
+    # The stock login page times logins with a statsd client JupyterHub 6 dropped.
+    handlers[r"/login"].statsd.timer("login.authenticate").start().stop(send=False)
+    stock_routes = {route for route, _ in NativeAuthenticator.get_handlers(hub, None)}
+    assert set(handlers) == stock_routes, "a route of the stock authenticator went missing"
+
+
 def test_the_test_pins_are_the_images_pins():
     pins = dict(re.findall(r"^([a-z0-9-]+)==([^\s]+)$",
                            (PROJECT / "provision" / "files" / "hub-requirements.in").read_text(),

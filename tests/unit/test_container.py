@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from hubkiln.errors import BuildError
-from hubkiln.machine.container import netns_command, nspawn_command, root_partition_offset
+from hubkiln.machine.container import (
+    netns_command,
+    nspawn_command,
+    overlay_path,
+    root_partition_offset,
+)
 
 SGDISK = """Disk /tmp/disk.raw: 16777216 sectors, 8.0 GiB
 Sector size (logical/physical): 512/512 bytes
@@ -40,3 +45,12 @@ def test_the_container_boots_with_a_private_network_and_no_machined():
 def test_tests_run_in_the_containers_network_namespace_only():
     assert netns_command(4242, ["pytest", "-q"]) == ["nsenter", "-t", "4242", "-n", "--",
                                                      "pytest", "-q"]
+
+
+def test_a_variants_file_lands_inside_the_tree_only():
+    tree = Path("/work/tree")
+    assert overlay_path(tree, "/etc/hubkiln/hub.d/00-profile.yaml") == (
+        tree / "etc/hubkiln/hub.d/00-profile.yaml")
+    for bad in ("etc/hubkiln/x.yaml", "/etc/../../outside", "/../x"):
+        with pytest.raises(BuildError, match="not an absolute path inside the image"):
+            overlay_path(tree, bad)

@@ -153,7 +153,7 @@ def test_the_record_says_which_engine_proved_what(monkeypatch):
                         lambda name=None: accel.AccelChoice("tcg", "test"))
     seen = []
 
-    def container(profile, image, progress, args, timeout, logs):
+    def container(profile, image, progress, args, timeout, logs, variant=None):
         seen.append(("container", args))
         return {"status": "passed", "passed": 40, "failed": 0, "skipped": 2, "failures": [],
                 "seconds": 100.0, "reports": {"a": 1}, "log": "logs/validate-container.log"}
@@ -177,6 +177,28 @@ def test_the_record_says_which_engine_proved_what(monkeypatch):
     assert record["reports"] == {"a": 1, "lynis": 2}
     only = imagetest.combine_records({"container": container(None, None, None, [], 0, None)})
     assert only["status"] == "passed" and "need the VM engine" in only["not_run"]
+
+
+def test_a_settings_variant_boots_in_the_container_only(monkeypatch):
+    from hubkiln.machine import accel
+    from hubkiln.validation import variants
+
+    monkeypatch.setattr(accel, "choose_accelerator",
+                        lambda name=None: accel.AccelChoice("tcg", "test"))
+    given = []
+    monkeypatch.setattr(imagetest, "validate_in_container", lambda *a: given.append(a) or {
+        "status": "passed", "passed": 30, "failed": 0, "skipped": 5, "seconds": 50.0,
+        "failures": [], "reports": {}, "log": "logs/validate-container.log"})
+
+    def vm(*args):
+        raise AssertionError("a variant booted the VM, which has the image's own settings")
+
+    monkeypatch.setattr(imagetest, "validate_in_vm", vm)
+    variant = variants.Variant(load_profile("ci"), {"/etc/x": "y"})
+    record = imagetest.validate_image(load_profile("ci"), Path("/i.qcow2"), variant=variant)
+    assert given[0][-1] is variant
+    assert record["status"] == "passed" and record["engines"]["vm"]["status"] == "not-run"
+    assert "a settings variant boots in the container only" in record["not_run"]
 
 
 def test_a_failed_container_run_boots_no_vm(monkeypatch):

@@ -160,6 +160,12 @@ def test_a_maximal_profile_and_launch_become_the_hub_configuration(tmp_path, mon
     assert c.Spawner.cpu_limit == 0.5
     assert c.SystemdSpawner.unit_extra_properties["TasksMax"] == "256"
     assert c.Spawner.default_url == "/tree"
+    # the server's options as SystemdSpawner expands them (str.format with the user's
+    # name and id): kernels on Unix sockets in the server's private /tmp, no jupyter_lsp
+    assert [arg.format(USERNAME="ada", USERID=7) for arg in c.Spawner.args] == [
+        "--KernelManager.transport=ipc", "--ServerApp.jpserver_extensions={'jupyter_lsp': False}"]
+    assert c.Spawner.environment["JUPYTER_RUNTIME_DIR"].startswith("/tmp/")
+    assert c.SystemdSpawner.isolate_tmp is True
     # the account and its material (profile: delivery link, disk 1.5G)
     calls = []
 

@@ -15,7 +15,12 @@ logins (`firstuse`, `native`):
   spent when the password is set and never works again. `enrolment_codes:
   false` at launch turns this off (a lab where everyone sits in the room).
 - **native: only an admin's approval authorizes.** Neither the roster nor the
-  admin list pre-authorizes a sign-up; admin names cannot sign up at all.
+  admin list pre-authorizes a sign-up; admin names cannot sign up at all. The
+  approval (and discard) links are plain GETs that act at once: they act only
+  when the admin's browser comes from the hub's own authorization page
+  (`from_authorization_page`), so that a student's page, which is served from
+  the same site, cannot make an admin's browser approve a sign-up by loading or
+  linking to the URL.
 - **Guessing is slowed per name**: after `MAX_FAILURES` failed logins within
   `WINDOW` seconds a name is refused for `LOCKOUT` seconds, even with the right
   password, and the hub logs `hubkiln: login locked for NAME`. Addresses are
@@ -39,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 MAX_FAILURES = 5
 WINDOW = 300.0
@@ -166,13 +172,71 @@ class SpentCodes:
 # ---------------------------------------------------------------- the authenticators
 
 
+def from_authorization_page(referer: str, host: str, base_url: str) -> bool:
+    """Whether a request with the Referer `referer`, sent to `host`, comes from the hub's
+    authorization page (`base_url` + "authorize") of this very site (pure). No
+    referer (a page that hides it) is no."""
+    parts = urlsplit(referer)
+    return (parts.scheme == "https" and parts.netloc == host
+            and parts.path == f"{base_url}authorize")
+
+
 def _authenticator_classes():
     """Build the classes lazily: importing this module must not need JupyterHub
     (the unit tests check the rules above without it)."""
     from firstuseauthenticator import FirstUseAuthenticator
     from jupyterhub.auth import Authenticator
+    from jupyterhub.handlers.base import BaseHandler
     from nativeauthenticator import NativeAuthenticator
+    from nativeauthenticator.handlers import (
+        DiscardHandler,
+        LoginHandler,
+        ToggleAuthorizationHandler,
+    )
+    from tornado import web
     from traitlets import Bool, Dict, Set
+
+    class _NoTimer:
+        def start(self):
+            return self
+
+        def stop(self, send=True):
+            return None
+
+    class _NoStatsd:
+        def timer(self, name):
+            return _NoTimer()
+
+    class NativeLoginHandler(LoginHandler):
+        """NativeAuthenticator 1.3's login page on JupyterHub 6: its POST times the login
+        with `self.statsd`, which JupyterHub 6 no longer has (every login answered 500),
+        and JupyterHub's way of showing an error on the login form calls the page's
+        `_render` with arguments the native one does not take: errors get the hub's own
+        error page instead."""
+
+        statsd = _NoStatsd()
+
+        def render_template(self, name, **ns):
+            if name == "error.html":
+                return BaseHandler.render_template(self, name, **ns)
+            return super().render_template(name, **ns)
+
+    def only_from_authorization_page(handler_class):
+        class Guarded(handler_class):
+            async def get(self, slug):
+                if not from_authorization_page(self.request.headers.get("Referer", ""),
+                                               self.request.host, self.hub.base_url):
+                    self.log.warning("hubkiln: %s %s refused: not from the authorization "
+                                     "page", handler_class.__name__, slug)
+                    raise web.HTTPError(403, "Use the buttons of the authorization page.")
+                return await super().get(slug)
+
+        Guarded.__name__ = f"Guarded{handler_class.__name__}"
+        return Guarded
+
+    REPLACED = {ToggleAuthorizationHandler: only_from_authorization_page(
+        ToggleAuthorizationHandler), DiscardHandler: only_from_authorization_page(DiscardHandler),
+        LoginHandler: NativeLoginHandler}
 
     class AdminCredentials(Authenticator):
         """Admins log in with the launch's password hash, never otherwise (a traitlets
@@ -285,6 +349,10 @@ def _authenticator_classes():
 
     class HubkilnNativeAuthenticator(AdminCredentials, NativeAuthenticator):
         """NativeAuthenticator: admins by launch hash; every sign-up awaits approval."""
+
+        def get_handlers(self, app):
+            return [(route, REPLACED.get(handler, handler))
+                    for route, handler in super().get_handlers(app)]
 
         def get_authed_users(self):
             # Only what an admin approved (the stock one adds the roster and the admins).

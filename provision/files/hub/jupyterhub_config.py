@@ -134,6 +134,15 @@ c.JupyterHub.spawner_class = HubkilnSpawner
 c.Spawner.pre_spawn_hook = prepare_account
 c.Spawner.cmd = [f"{USER_ENV}/bin/jupyterhub-singleuser"]
 c.Spawner.default_url = {"lab": "/lab", "notebook": "/tree"}[settings["default_ui"]]
+# Kernels talk to their server over Unix sockets in the server's private /tmp, not
+# over TCP ports of 127.0.0.1: at class start a kernel's randomly picked port was
+# taken meanwhile (ZMQError: Address already in use), its restarts kept the same
+# ports, and the kernel died (issue 14). The sockets are also out of every other
+# student's reach (PrivateTmp). jupyter_lsp, a server extension with no language
+# server in the image, only costs each start 0.15 s of CPU scanning for some.
+c.Spawner.environment = {"JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime"}
+c.Spawner.args = ["--KernelManager.transport=ipc",
+                  "--ServerApp.jpserver_extensions={{'jupyter_lsp': False}}"]
 c.Spawner.disable_user_config = True
 c.Spawner.ip = "127.0.0.1"
 c.Spawner.mem_limit = limits["memory"]
