@@ -11,7 +11,14 @@ autogroup's nice says otherwise).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
+
+#: The kernels' nice, as provision/40-user-env.sh installs them (the repository's value).
+KERNEL_NICE = int(re.search(r"^KERNEL_NICE=(\d+)$", (
+    Path(__file__).resolve().parents[2] / "provision/40-user-env.sh").read_text(), re.M)[1])
 
 FIRST = ("jupyterhub.service", "jupyterhub-proxy.service", "hubkiln-front.service")
 #: What hubkiln-class-priority.conf and hubkiln-students.slice promise.
@@ -48,3 +55,27 @@ def test_students_slice_weighs_less_than_the_system(host):
     assert shown == str(STUDENTS_WEIGHT)
     system = host.run("systemctl show -P CPUWeight system.slice").stdout.strip()
     assert system in ("[not set]", "", "100"), f"system.slice CPUWeight={system}"
+
+
+def test_a_students_kernel_comes_after_the_servers_and_cannot_raise_itself(kernel):
+    """Kernels start at KERNEL_NICE (hubkiln-kernel), so that at class start the first
+    cells' imports leave the CPU to the servers still starting; the student's code in
+    the kernel cannot lower its own nice value (no CAP_SYS_NICE)."""
+    run = kernel.execute(
+        "import os\n"
+        "print(os.nice(0))\n"
+        "try:\n"
+        "    os.nice(-1)\n"
+        "    print('raised', os.nice(0))\n"
+        "except PermissionError:\n"
+        "    print('refused')\n"
+        "try:\n"
+        "    print(open('/proc/self/autogroup').read().split()[-1])\n"
+        "except OSError:\n"
+        "    print('no-autogroups')\n")
+    assert run.error is None, run.error
+    nice, attempt, autogroup = run.stdout.split("\n")[:3]
+    assert int(nice) == KERNEL_NICE, f"the kernel runs at nice {nice}, not {KERNEL_NICE}"
+    assert attempt == "refused", f"the student's kernel raised its own priority: {attempt}"
+    assert autogroup in (str(KERNEL_NICE), "no-autogroups"), (
+        f"the kernel's autogroup is at nice {autogroup}, not {KERNEL_NICE}")

@@ -12,8 +12,9 @@ students on 2 cores). So a server that is starting comes first, until it listens
   in a container on a cgroup v1 host), each session gets an equal share whatever
   its processes' nice values: the server's session (its unit's) starts at
   autogroup nice STARTING_NICE and goes back to 0. Kernels run in sessions of
-  their own (jupyter_client starts them so) at 0; the hub, its proxy and the front
-  are at -20 (hubkiln-class-priority.conf), so logins still come first.
+  their own (jupyter_client starts them so) at nice 10 (hubkiln-kernel, from the
+  kernelspec); the hub, its proxy and the front are at -20
+  (hubkiln-class-priority.conf), so logins still come first.
 Neither lasts longer than the spawn's start_timeout, and a student can change
 neither. Where autogroups are off or missing, setting one is skipped quietly.
 
@@ -41,7 +42,7 @@ from hubkiln_hub import unix_name
 from systemdspawner import SystemdSpawner
 from traitlets import validate
 
-#: Autogroup nice of a starting server's session (a kernel's is 0, the hub's -20): an
+#: Autogroup nice of a starting server's session (a kernel's is 10, the hub's -20): an
 #: autogroup's weight grows by about 1.25 a step, so -15 weighs about 28 kernels.
 STARTING_NICE = -15
 #: cgroup v2 CPU weights of a server's unit: while it starts, then once it listens.
