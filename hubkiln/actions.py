@@ -81,6 +81,9 @@ def validate(profile_ref: str, *, image: str | None, accelerator: str | None,
     on this image; its logs go to logs/variant-NAME/."""
     profile = load_profile(profile_ref)
     variant = variants.load_variant(profile, variant_ref) if variant_ref else None
+    if variant and engine == "vm":
+        raise HubkilnError("a settings variant boots in the container only",
+                           hint="leave out --engine=vm (or say --engine=container)")
     out = output_dir(profile)
     manifest = artifacts.read_manifest(out)
     if image is None:

@@ -183,8 +183,9 @@ def test_a_settings_variant_boots_in_the_container_only(monkeypatch):
     from hubkiln.machine import accel
     from hubkiln.validation import variants
 
+    # Under KVM `auto` means the VM alone: a variant still boots in the container.
     monkeypatch.setattr(accel, "choose_accelerator",
-                        lambda name=None: accel.AccelChoice("tcg", "test"))
+                        lambda name=None: accel.AccelChoice("kvm", "test"))
     given = []
     monkeypatch.setattr(imagetest, "validate_in_container", lambda *a: given.append(a) or {
         "status": "passed", "passed": 30, "failed": 0, "skipped": 5, "seconds": 50.0,
@@ -196,9 +197,12 @@ def test_a_settings_variant_boots_in_the_container_only(monkeypatch):
     monkeypatch.setattr(imagetest, "validate_in_vm", vm)
     variant = variants.Variant(load_profile("ci"), {"/etc/x": "y"})
     record = imagetest.validate_image(load_profile("ci"), Path("/i.qcow2"), variant=variant)
-    assert given[0][-1] is variant
+    assert given[0][-1] is variant and given[0][3] == ["-m", "not needs"]
     assert record["status"] == "passed" and record["engines"]["vm"]["status"] == "not-run"
     assert "a settings variant boots in the container only" in record["not_run"]
+    asked = imagetest.validate_image(load_profile("ci"), Path("/i.qcow2"), variant=variant,
+                                     engine="container")
+    assert asked["engines"]["vm"]["status"] == "not-run" and asked["status"] == "passed"
 
 
 def test_a_failed_container_run_boots_no_vm(monkeypatch):

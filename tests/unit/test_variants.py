@@ -61,3 +61,12 @@ def test_differences_are_found_at_any_depth_and_for_added_keys():
     variant = {"name": "b", "hub": {"x": 2}, "base": {"os": "u", "size": "8G", "new": 1}}
     assert variants.baked_differences(image, variant) == [("base", "new"), ("base", "size")]
     assert variants.baked_differences(image, image) == []
+
+
+def test_a_variant_is_not_booted_in_the_vm():
+    from hubkiln import actions
+    from hubkiln.errors import HubkilnError
+
+    with pytest.raises(HubkilnError, match="boots in the container only"):
+        actions.validate("ci", image="/nonexistent.qcow2", accelerator=None, engine="vm",
+                         variant_ref=str(PROJECT / "tests/variants/native.yaml"))
