@@ -23,7 +23,9 @@ NATIVE = PROJECT_DIR / "tests/variants/native.yaml"
 
 
 @pytest.fixture(scope="module")
-def native_run(built, e2e_ref, e2e_profile):
+def native_run(image, e2e_ref, e2e_profile):
+    """The variant's run on the current e2e image (`image`: this session's build, or
+    HUBKILN_E2E_IMAGE's, whose profile's current folder is then validated)."""
     before = artifacts.read_manifest(output_dir(e2e_profile))["validation"]
     record = actions.validate(e2e_ref, image=None, accelerator=None, engine="container",
                               variant_ref=str(NATIVE))
