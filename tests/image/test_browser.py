@@ -105,7 +105,8 @@ def test_student_gets_jupyterlab_in_a_browser(host, browser, front, settings, la
     context, page = log_in(browser, front, name, student_password, code=code)
     try:
         page.wait_for_url(f"**/user/{name}/**")
-        page.wait_for_selector("#jp-main-dock-panel, .jp-LabShell, #notebook-container")
+        # JupyterLab's shell, or the file browser of Notebook 7's tree (default_ui: notebook)
+        page.wait_for_selector("#jp-main-dock-panel, .jp-LabShell, .jp-DirListing")
         page.wait_for_selector(".jp-Launcher, .jp-DirListing, #notebook_list")
         home = host.user(name).home
         if host.run(f"find {home} -mindepth 1 -maxdepth 1 ! -name '.*'").stdout:
