@@ -92,6 +92,13 @@ JSON
     printf '%s\n' "$digest" >"$STAMP"
 fi
 
+# JupyterLab asks each student whether to fetch Jupyter's news and checks for new
+# versions, over the internet: an offline hub answers neither, and the course's
+# image is the version that matters. Outside the cached part: a plain file.
+announce "JupyterLab settings for the class: no news feed, no update check (lab/settings/overrides.json)"
+install -D -m 0644 -o root -g root "$HUBKILN_FILES/user/lab-overrides.json" \
+    "$USER_ENV/share/jupyter/lab/settings/overrides.json"
+
 announce "checking the user environment"
 "$USER_ENV/bin/jupyter" lab --version
 "$USER_ENV/bin/jupyterhub-singleuser" --version

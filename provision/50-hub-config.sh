@@ -3,7 +3,8 @@
 # it reads /etc/hubkiln/hub.d/*.yaml), the profile's settings as
 # /etc/hubkiln/hub.d/00-profile.yaml, the hub's own modules in its venv (the settings
 # contract settings.schema.yaml with hubkiln_schema, hubkiln_hub settings rules,
-# hubkiln_front the HTTPS front's rules, hubkiln_auth logins, hubkiln_spawner
+# hubkiln_front the HTTPS front's rules, hubkiln_auth logins, hubkiln_lti the LTI 1.3
+# login's rules, hubkiln_spawner
 # students' servers, hubkiln_schedule and hubkiln_prestart: pre-starting servers
 # before classes), the helpers in /usr/local/sbin (hubkiln-firstboot,
 # hubkiln-apply-launch, hubkiln-prepare-user), the accounts and groups the hub uses,
@@ -30,16 +31,18 @@ UNITS=(hubkiln-firstboot.service jupyterhub-proxy.service jupyterhub.service)
 [[ -x "$HUB_PY" ]] || die "$HUB_PY is missing: run 20-hub-env.sh first"
 command -v openssl >/dev/null || die "openssl is missing (hubkiln-firstboot needs it): run 10-apt-packages.sh first"
 
-announce "installing the settings contract (settings.schema.yaml, hubkiln_schema) and the modules hubkiln_hub (settings), hubkiln_front (HTTPS front), hubkiln_auth (logins), hubkiln_spawner (students' servers), hubkiln_schedule and hubkiln_prestart (pre-start before classes) into the hub environment"
+announce "installing the settings contract (settings.schema.yaml, hubkiln_schema) and the modules hubkiln_hub (settings), hubkiln_front (HTTPS front), hubkiln_auth (logins), hubkiln_lti (LTI 1.3), hubkiln_spawner (students' servers), hubkiln_schedule and hubkiln_prestart (pre-start before classes) into the hub environment"
 site="$("$HUB_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 install -m 0644 -o root -g root "$SRC/hub/settings.schema.yaml" "$site/settings.schema.yaml"
-for module in hubkiln_schema hubkiln_hub hubkiln_front hubkiln_auth hubkiln_spawner \
+for module in hubkiln_schema hubkiln_hub hubkiln_front hubkiln_auth hubkiln_lti hubkiln_spawner \
     hubkiln_schedule hubkiln_prestart; do
     install -m 0644 -o root -g root "$SRC/hub/$module.py" "$site/$module.py"
     "$HUB_PY" -m compileall -q "$site/$module.py"
 done
 "$HUB_PY" -c 'import hubkiln_auth; hubkiln_auth.HubkilnFirstUseAuthenticator, hubkiln_auth.HubkilnNativeAuthenticator' \
     || die "the login module hubkiln_auth does not load in the hub environment"
+"$HUB_PY" -c 'import hubkiln_lti; hubkiln_lti.HubkilnLTI13Authenticator' \
+    || die "the LTI 1.3 login module hubkiln_lti does not load in the hub environment"
 "$HUB_PY" -c 'import hubkiln_prestart' \
     || die "the pre-start service hubkiln_prestart does not load in the hub environment"
 check_root_owned "$site/__pycache__"

@@ -109,20 +109,30 @@ def check_tls_with_openssl(certificate: str, key: str, domain: str | None,
 
 def check_acme_ca(data: dict[str, Any], openssl: str | None) -> list[tuple[KeyPath, str]]:
     """`acme_ca` and `acme_ca_root` together with `domain` (the guest's own rule), and
-    the root as a readable, unexpired PEM certificate."""
+    the CA roots a launch may give (`acme_ca_root`, `oauth.ca_certificate`) as readable,
+    unexpired PEM certificates."""
     problems: list[tuple[KeyPath, str]] = [
         ((key,), problem) for key, problem in guest_front().acme_problems(data)]
-    root = data.get("acme_ca_root")
-    if not isinstance(root, str):
-        return problems
+    oauth = data.get("oauth")
+    roots = {("acme_ca_root",): data.get("acme_ca_root"),
+             ("oauth", "ca_certificate"): oauth.get("ca_certificate")
+             if isinstance(oauth, dict) else None}
+    for keypath, root in roots.items():
+        if isinstance(root, str):
+            problems += [(keypath, problem) for problem in check_root(root, openssl)]
+    return problems
+
+
+def check_root(root: str, openssl: str | None) -> list[str]:
+    """Why the PEM text `root` is no usable CA root certificate (empty when it is)."""
     if problem := check_certificate_pem(root):
-        return [*problems, (("acme_ca_root",), problem)]
+        return [problem]
     if openssl:
         if _openssl(cert_pubkey_command(openssl), root).returncode != 0:
-            problems.append((("acme_ca_root",), "cannot be read by openssl"))
-        elif _openssl(cert_expiry_command(openssl), root).returncode != 0:
-            problems.append((("acme_ca_root",), "has expired"))
-    return problems
+            return ["cannot be read by openssl"]
+        if _openssl(cert_expiry_command(openssl), root).returncode != 0:
+            return ["has expired"]
+    return []
 
 
 def resolve_tls(data: dict[str, Any], base_dir: Path, openssl: str | None

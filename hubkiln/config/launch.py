@@ -63,7 +63,7 @@ MIN_RSA_BITS = 2048
 #: The OAuth keys that together describe a generic OIDC provider.
 OIDC_URL_KEYS = ("authorize_url", "token_url", "userdata_url")
 #: Keys that only an LTI 1.3 client has.
-LTI_ONLY_KEYS = ("issuer", "jwks_endpoint")
+LTI_ONLY_KEYS = ("issuer", "jwks_endpoint", "courses", "frame_ancestors")
 #: What each login method of a profile needs under `oauth` (the image's table).
 OAUTH_NEEDS = guest_settings().OAUTH_NEEDS
 

@@ -14,20 +14,13 @@ Limits: one boot per validation; tests that need a reboot do it themselves.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hubkiln.config import launch
-from hubkiln.config.guest import settings as guest_settings
 from hubkiln.config.profile import Profile, parse_size
 from hubkiln.deliver import local, seed
 from hubkiln.errors import BuildError
@@ -45,16 +38,13 @@ from hubkiln.validation.engines import (
     plan_engines,
     read_reports,
 )
+from hubkiln.validation.material import (
+    BLOCKED_GUEST_PORT,
+    TEST_OPERATOR,
+    ValidationMaterial,
+    prepare_material,
+)
 from hubkiln.validation.variants import Variant
-
-TEST_ADMIN = "teacher"
-#: The admin's SSH account (with sudo), which the tests log in as: not the hub account.
-TEST_OPERATOR = guest_settings().operator_name(TEST_ADMIN)
-TEST_STUDENTS = ("student1", "student2")
-#: A roster student nobody logs in as: the hostile tests try to claim and guess it.
-TEST_TARGET = "student3"
-#: A guest port nothing may reach: the firewall test listens there and expects a drop.
-BLOCKED_GUEST_PORT = 8099
 
 
 def validation_memory_mib(profile: Profile) -> int:
@@ -62,16 +52,6 @@ def validation_memory_mib(profile: Profile) -> int:
     student, so that a student past the limit meets the cgroup limit, not the guest's."""
     limit_mib = parse_size(profile["hub"]["limits"]["memory"]) >> 20
     return max(2048, limit_mib + 1536)
-
-
-def validation_launch_document(public_key: str) -> dict[str, Any]:
-    """The launch settings every validation boots with."""
-    return {
-        "hostname": "hubkiln-test",
-        "admins": [TEST_ADMIN],
-        "users": [*TEST_STUDENTS, TEST_TARGET],
-        "ssh_authorized_keys": [public_key],
-    }
 
 
 def pytest_command(junit: Path, ssh_port: int, key: Path, ssh_config: Path,
@@ -83,22 +63,6 @@ def pytest_command(junit: Path, ssh_port: int, key: Path, ssh_config: Path,
         f"--ssh-identity-file={key}", f"--junitxml={junit}", "-ra", "--durations=15",
         *(extra or []),
     ]
-
-
-def render_ssh_config(control_dir: Path) -> str:
-    """ssh options for a throwaway guest: no host-key bookkeeping, bounded waits, and one
-    shared connection per user (pure).
-
-    testinfra asks for ControlMaster=auto but sets no ControlPath, so without one every
-    command is a new SSH login: 2.3-2.9 s each under TCG (key exchange, PAM, logind).
-    The commands of a test run one after another, so one shared connection stays within
-    the hardening's MaxSessions."""
-    return (
-        "Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
-        "  LogLevel ERROR\n  ConnectTimeout 20\n  ServerAliveInterval 15\n"
-        "  ServerAliveCountMax 3\n  IdentitiesOnly yes\n"
-        f"  ControlPath {control_dir}/%C\n"
-    )
 
 
 def validate_image(profile: Profile, image: Path, *, accelerator: str | None = None,
@@ -181,68 +145,6 @@ def watch_tests(command: list[str], env: dict[str, str], log: Path, machine: Any
     return tests.returncode
 
 
-@dataclass(frozen=True)
-class ValidationMaterial:
-    """What one boot of the image is tested with: a throwaway admin key, the launch
-    settings with their issued secrets, ssh options, and where reports go."""
-
-    work: Path
-    key: Path
-    launch_file: Path
-    settings: launch.Launch
-    credentials_file: Path
-    ssh_config: Path
-    reports: Path
-    junit: Path
-
-    def env(self, profile: Profile, logs: Path, ports: dict[int, int], *,
-            client_address: str, engine: str) -> dict[str, str]:
-        """The environment of tests/image (tests/image/README.md lists each variable)."""
-        env = {
-            **os.environ,
-            "HUBKILN_TEST_ENGINE": engine,
-            "HUBKILN_TEST_PROFILE": str(profile.path),
-            "HUBKILN_TEST_LAUNCH": str(self.launch_file),
-            "HUBKILN_TEST_CREDENTIALS": str(self.credentials_file),
-            "HUBKILN_TEST_TARGET": TEST_TARGET,
-            "HUBKILN_TEST_CLIENT_ADDRESS": client_address,
-            "HUBKILN_TEST_HTTPS_PORT": str(ports[443]),
-            "HUBKILN_TEST_HTTP_PORT": str(ports[80]),
-            "HUBKILN_TEST_SSH_PORT": str(ports[22]),
-            "HUBKILN_TEST_KEY": str(self.key),
-            "HUBKILN_TEST_ADMIN": TEST_ADMIN,
-            "HUBKILN_TEST_OPERATOR": TEST_OPERATOR,
-            "HUBKILN_TEST_STUDENTS": " ".join(TEST_STUDENTS),
-            "HUBKILN_TEST_REPORTS": str(self.reports),
-            "HUBKILN_TEST_ARTIFACTS": str(logs),
-        }
-        if BLOCKED_GUEST_PORT in ports:
-            env["HUBKILN_TEST_BLOCKED_PORT"] = str(ports[BLOCKED_GUEST_PORT])
-        return env
-
-
-def prepare_material(work: Path) -> ValidationMaterial:
-    key = work / "admin-key"
-    public = nocloud.make_ssh_key(key, "hubkiln-validation")
-    launch_file = work / "launch.yaml"
-    launch_file.write_text(yaml.safe_dump(validation_launch_document(public)))
-    settings, credentials = seed.issue_credentials(launch.load_launch(launch_file))
-    # What the guest receives (with the issued hashes): the tests' expected values.
-    launch_file.write_text(yaml.safe_dump(settings.data))
-    credentials_file = work / "credentials.json"
-    credentials_file.write_text(json.dumps({
-        "admin_passwords": credentials.admin_passwords,
-        "enrolment_codes": credentials.enrolment_codes}))
-    credentials_file.chmod(0o600)
-    ssh_config = work / "ssh_config"
-    (work / "ssh-control").mkdir(mode=0o700)
-    ssh_config.write_text(render_ssh_config(work / "ssh-control"))
-    reports = work / "reports"
-    reports.mkdir()
-    return ValidationMaterial(work, key, launch_file, settings, credentials_file, ssh_config,
-                        reports, work / "junit.xml")
-
-
 def run_record(material: ValidationMaterial, returncode: int, started: float, waited: float,
                log: str, **extra: Any) -> dict[str, Any]:
     """The record of one engine's run, from its junit report."""
@@ -272,7 +174,7 @@ def validate_once(profile: Profile, image: Path, accelerator: str, progress: Pro
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hubkiln-test-") as tmp:
-        material = prepare_material(Path(tmp))
+        material = prepare_material(Path(tmp), profile)
         settings, key = material.settings, material.key
         folder = nocloud.write_seed_dir(material.work / "seed", seed.render_user_data(settings),
                                      seed.render_meta_data(settings))
@@ -336,7 +238,7 @@ def validate_in_container(profile: Profile, image: Path, progress: Progress,
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hubkiln-test-") as tmp:
-        material = prepare_material(Path(tmp))
+        material = prepare_material(Path(tmp), variant.profile if variant else profile)
         seed_files = {"user-data": seed.render_user_data(material.settings),
                       "meta-data": seed.render_meta_data(material.settings)}
         spec = ContainerSpec(image=image, seed=seed_files, work=Path(tmp) / "container",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import http.cookiejar
 import json
 import os
@@ -377,6 +378,7 @@ class HubClient:
         self.front = front
         self.timeout = timeout
         self.cookies = http.cookiejar.CookieJar()
+        self.last_set_cookies: list[str] = []  # the last answer's Set-Cookie lines
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPSHandler(context=context),
             urllib.request.HTTPCookieProcessor(self.cookies),
@@ -399,9 +401,11 @@ class HubClient:
                                                   **(headers or {})})
         try:
             with self.opener.open(request, timeout=timeout or self.timeout) as response:
+                self.last_set_cookies = response.headers.get_all("Set-Cookie") or []
                 return response.status, dict(response.headers), response.read().decode(
                     errors="replace")
         except urllib.error.HTTPError as error:
+            self.last_set_cookies = error.headers.get_all("Set-Cookie") or []
             return error.code, dict(error.headers), error.read().decode(errors="replace")
 
     def get(self, path: str, *, follow: bool = True, headers: dict[str, str] | None = None,
@@ -447,19 +451,26 @@ XSRF_FIELD = re.compile(r'name="_xsrf"\s+value="([^"]+)"')
 SPAWN_TIMEOUT = float(os.environ.get("HUBKILN_TEST_SPAWN_TIMEOUT", "420"))
 
 
-def login_and_spawn(client: HubClient, name: str, password: str,
-                    timeout: float = SPAWN_TIMEOUT, code: str = "") -> StudentSession:
-    """First login (firstuse sets the password, with the enrolment `code`), then wait
-    until the server is ready."""
+def form_sign_in(client: HubClient, name: str, password: str, code: str = "") -> str:
+    """Log in through the hub's own form (firstuse sets the password, with the enrolment
+    `code`), as a browser with a forged `?next=` does: where the hub sends the client."""
     status, _, page, _ = client.get("/hub/login")
     assert status == 200, f"login page: HTTP {status}"
     xsrf = XSRF_FIELD.search(page)
     assert xsrf, "the login form has no _xsrf field"
     status, headers, text = client.request(
-        "POST", "/hub/login?next=%2F%2Fevil.example%2Fx",
+        "POST", "/hub/login?next=%2F%2Fevil.example%2Fhub%2Fspawn",
         form={"_xsrf": xsrf.group(1), "username": name, "password": password, "otp": code})
     assert status == 302, f"login refused (HTTP {status}): {text[:500]}"
-    location = headers.get("Location", "")
+    return headers.get("Location", "")
+
+
+def login_and_spawn(client: HubClient, name: str, password: str,
+                    timeout: float = SPAWN_TIMEOUT, code: str = "",
+                    sign_in: Any = form_sign_in) -> StudentSession:
+    """First login (`sign_in`: the hub's form by default), then wait until the server is
+    ready."""
+    location = sign_in(client, name, password, code)
     started = time.monotonic()
     client.get(location if location.startswith("/") else "/hub/")  # starts the spawn
     api = {"X-XSRFToken": client.cookie("_xsrf", "/hub") or ""}
@@ -494,13 +505,10 @@ def _student_sessions() -> dict[str, StudentSession]:
 
 @pytest.fixture(scope="module")
 def student(host: Any, settings: dict[str, Any], hub_client, student_password: str,
-            credentials: Credentials, enrol,
+            credentials: Credentials, enrol, sign_in,
             _student_sessions: dict[str, StudentSession]) -> StudentSession:
     """The first roster student (or HUBKILN_TEST_STUDENT), logged in with a running server
     (signed up and approved first, with the native login)."""
-    if settings["authenticator"] not in FORM_LOGINS:
-        pytest.skip(f"logging in through '{settings['authenticator']}' needs its identity "
-                    "provider; the form logins are tested with firstuse and native")
     name = os.environ.get("HUBKILN_TEST_STUDENT") or next(iter(settings["users"]), None)
     if not name:
         pytest.skip("no student on the roster (launch setting 'users')")
@@ -509,7 +517,7 @@ def student(host: Any, settings: dict[str, Any], hub_client, student_password: s
             enrol(name, student_password)
             _student_sessions[name] = login_and_spawn(
                 hub_client(), name, student_password,
-                code=credentials.enrolment_codes.get(name, ""))
+                code=credentials.enrolment_codes.get(name, ""), sign_in=sign_in)
         except AssertionError as error:
             with as_root(host):
                 raise AssertionError(
@@ -694,7 +702,7 @@ def open_kernel(front: Front, tls_context: ssl.SSLContext):
 
 @pytest.fixture(scope="module")
 def log_in(host: Any, hub_client, student_password: str, credentials: Credentials, enrol,
-           _student_sessions: dict[str, StudentSession]):
+           sign_in, _student_sessions: dict[str, StudentSession]):
     """log_in(name) -> that roster student's session, logged in with a running server."""
     def logged_in(name: str) -> StudentSession:
         if name not in _student_sessions:
@@ -702,7 +710,7 @@ def log_in(host: Any, hub_client, student_password: str, credentials: Credential
                 enrol(name, student_password)
                 _student_sessions[name] = login_and_spawn(
                     hub_client(), name, student_password,
-                    code=credentials.enrolment_codes.get(name, ""))
+                    code=credentials.enrolment_codes.get(name, ""), sign_in=sign_in)
             except AssertionError as error:
                 with as_root(host):
                     raise AssertionError(
@@ -730,30 +738,33 @@ def form_login(client: HubClient, name: str, password: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def login_and_start():
-    """login_and_start(client, name, password) -> a StudentSession: the login form, then
-    the wait until the student's server is ready (login_and_spawn)."""
-    return login_and_spawn
+def login_and_start(sign_in):
+    """login_and_start(client, name, password) -> a StudentSession: the settings' login
+    (sign_in), then the wait until the student's server is ready (login_and_spawn)."""
+    def started(client: HubClient, name: str, password: str, **options: Any) -> StudentSession:
+        return login_and_spawn(client, name, password, sign_in=sign_in, **options)
+    return started
 
 
 @pytest.fixture(scope="session")
-def login_form():
+def login_form(given_settings: dict[str, Any]):
     """login_form(client, name, password) -> (status, headers, text) of the form's POST."""
+    if given_settings["authenticator"] not in FORM_LOGINS:
+        pytest.skip(f"needs the hub's login form (firstuse, native); the settings log in "
+                    f"with {given_settings['authenticator']} (test_login_oauth.py)")
     return post_login
 
 
 @pytest.fixture(scope="module")
-def admin_client(launch: dict[str, Any], settings: dict[str, Any], hub_client,
-                 credentials: Credentials) -> tuple[str, HubClient]:
-    """(name, client) of the first launch admin, logged in through the form with the
-    password issued at launch."""
+def admin_client(launch: dict[str, Any], hub_client, credentials: Credentials,
+                 sign_in) -> tuple[str, HubClient]:
+    """(name, client) of the first launch admin, logged in with the settings' login (the
+    form, with the password issued at launch, or the login provider)."""
     admins = list(launch.get("admins") or [])
     if not admins:
         pytest.skip("no admin in the launch settings")
-    if settings["authenticator"] not in FORM_LOGINS:
-        pytest.skip("the form logins are tested with firstuse and native")
     client = hub_client()
-    form_login(client, admins[0], credentials.admin_password(admins[0]))
+    sign_in(client, admins[0], credentials.admin_password(admins[0]), "")
     return admins[0], client
 
 
@@ -789,6 +800,158 @@ def native_toggle(admin: HubClient, front: Front, name: str,
 
 #: The logins whose students and admins use the hub's own login form.
 FORM_LOGINS = ("firstuse", "native")
+#: The logins through a provider that the tests start (HUBKILN_TEST_IDP, tests/image/idp.py).
+OAUTH_LOGINS = ("generic-oauth",)
+HIDDEN_FIELD = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
+
+
+@pytest.fixture(scope="session")
+def idp():
+    """The login provider of the settings' OAuth login, started on the test host from
+    HUBKILN_TEST_IDP (hubkiln/validation/material.py writes it), or None without one."""
+    path = os.environ.get("HUBKILN_TEST_IDP")
+    if not path:
+        yield None
+        return
+    from hubkiln.config.guest import load_module
+
+    module = load_module("hubkiln_test_idp", Path(__file__).with_name("idp.py"))
+    IdentityProvider, IdpConfig = module.IdentityProvider, module.IdpConfig
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    config = IdpConfig(host=data["host"], port=data["port"],
+                       certificate=Path(data["certificate"]), key=Path(data["key"]),
+                       client_id=data["client_id"], client_secret=data["client_secret"],
+                       redirect_uris=tuple(data["redirect_uris"]),
+                       directory=data["directory"], passwords=data["passwords"])
+    with IdentityProvider(config) as provider:
+        yield provider
+
+
+def provider_callback(client: HubClient, provider: Any, name: str,
+                      password: str | None = None) -> str:
+    """The OAuth login as a browser goes through it, up to the hub's callback: the hub's
+    /hub/oauth_login sends the client to the provider's form, which `name` fills in
+    (with their password at the provider, or `password`), and the provider answers with
+    a redirect to the hub's callback. Returns the callback's path and query."""
+    # As form_sign_in does, with a ?next= that would leave the site (the hub keeps its
+    # path at most: /hub/spawn, which starts the server, as a plain login does).
+    status, headers, text = client.request(
+        "GET", "/hub/oauth_login?next=%2F%2Fevil.example%2Fhub%2Fspawn")
+    assert status == 302, f"/hub/oauth_login: HTTP {status}: {text[:300]}"
+    authorize = headers.get("Location", "")
+    assert authorize.startswith(provider.url("/authorize")), (
+        f"the hub sends its login to {authorize!r}, not to the provider")
+    status, _, page = client.request("GET", authorize)
+    assert status == 200, f"the provider's login form: HTTP {status}: {page[:300]}"
+    form = dict(HIDDEN_FIELD.findall(page))
+    form.update(username=name, password=password or provider.config.passwords[name])
+    status, headers, text = client.request("POST", provider.url("/authorize"), form=form)
+    assert status == 302, f"the provider refused {name}: HTTP {status}: {text[:300]}"
+    back = urllib.parse.urlsplit(headers["Location"])
+    # The redirect names the hub's domain; the test host reaches the hub at the front.
+    return f"{back.path}?{back.query}"
+
+
+def provider_sign_in(client: HubClient, provider: Any, name: str,
+                     password: str | None = None) -> tuple[int, dict[str, str], str]:
+    """The whole OAuth login: the hub's answer to the callback (status, headers, text)."""
+    return client.request("GET", provider_callback(client, provider, name, password))
+
+
+@pytest.fixture(scope="session")
+def lms():
+    """The LMS of the settings' LTI 1.3 login, started on the test host from
+    HUBKILN_TEST_LMS (hubkiln/validation/material.py writes it), or None without one."""
+    path = os.environ.get("HUBKILN_TEST_LMS")
+    if not path:
+        yield None
+        return
+    from hubkiln.config.guest import load_module
+
+    module = load_module("hubkiln_test_lms", Path(__file__).with_name("lms.py"))
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    config = module.LmsConfig(
+        host=data["host"], port=data["port"], certificate=Path(data["certificate"]),
+        key=Path(data["key"]), client_id=data["client_id"], deployment_id=data["deployment_id"],
+        tool_login_url=data["tool_login_url"], tool_redirect_uris=tuple(data["tool_redirect_uris"]),
+        people=data["people"], courses=data["courses"])
+    with module.SimulatedLms(config) as simulated:
+        yield simulated
+
+
+def lms_launch_page(client: HubClient, lms: Any, name: str, course: str) -> tuple[str, dict]:
+    """An LTI 1.3 launch as a browser makes it, up to the LMS's self-posting page: the
+    LMS's page posts the login initiation to the hub (at its domain), the hub sends the
+    browser to the LMS's authorization endpoint, which answers with the signed launch.
+    Returns (the page's form action, its fields: id_token and state)."""
+    domain = urllib.parse.urlsplit(lms.config.tool_login_url).netloc
+    host = {"Host": domain}  # as the browser names the hub; the test host reaches the front
+    status, headers, text = client.request("POST", "/hub/lti13/oauth_login",
+                                           form=lms.launch(name, course), headers=host)
+    assert status == 302, f"the hub's LTI login initiation: HTTP {status}: {text[:300]}"
+    authorize = headers.get("Location", "")
+    assert authorize.startswith(lms.url("/auth")), f"the hub sends the launch to {authorize!r}"
+    status, _, page = client.request("GET", authorize)
+    assert status == 200, f"the LMS refused the hub's authentication request: {page[:300]}"
+    action = re.search(r'<form method="post" action="([^"]+)"', page)
+    assert action, f"no launch form on the LMS's page: {page[:300]}"
+    return html.unescape(action.group(1)), dict(HIDDEN_FIELD.findall(page))
+
+
+def lms_sign_in(client: HubClient, lms: Any, name: str, course: str,
+                fields: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    """The whole LTI 1.3 launch (lms_launch_page, then its post to the hub's callback,
+    with `fields` changed as given): the hub's answer (status, headers, text)."""
+    action, form = lms_launch_page(client, lms, name, course)
+    target = urllib.parse.urlsplit(action)
+    return client.request("POST", target.path, form={**form, **(fields or {})},
+                          headers={"Host": target.netloc})
+
+
+@dataclass(frozen=True)
+class ProviderPages:
+    """The provider's and the LMS's login steps, driven as a browser does
+    (tests/image/test_login_oauth.py, test_login_lti.py)."""
+
+    callback = staticmethod(provider_callback)
+    sign_in = staticmethod(provider_sign_in)
+    launch_page = staticmethod(lms_launch_page)
+    launch = staticmethod(lms_sign_in)
+
+
+@pytest.fixture(scope="session")
+def provider_pages() -> ProviderPages:
+    return ProviderPages()
+
+
+@pytest.fixture(scope="session")
+def sign_in(given_settings: dict[str, Any], idp, lms):
+    """sign_in(client, name, password, code) -> where the hub sends the client once
+    logged in, with the settings' login: the hub's form, or the login provider."""
+    auth = given_settings["authenticator"]
+    if auth in FORM_LOGINS:
+        return form_sign_in
+    if auth == "lti13" and lms is not None:
+        course = (given_settings["oauth"].get("courses") or [None])[0]
+
+        def launched(client: HubClient, name: str, password: str, code: str = "") -> str:
+            status, headers, text = lms_sign_in(client, lms, name, course)
+            assert status == 302, f"{name}'s launch from the LMS: HTTP {status}: {text[:500]}"
+            return headers.get("Location", "")
+        return launched
+    if auth not in OAUTH_LOGINS or idp is None:
+        pytest.skip(f"logging in through '{auth}' needs its identity provider; the tests "
+                    "start one for generic-oauth and an LMS for lti13 in the container "
+                    "engine (HUBKILN_TEST_IDP, HUBKILN_TEST_LMS)")
+
+    def signed_in(client: HubClient, name: str, password: str, code: str = "") -> str:
+        status, headers, text = provider_sign_in(client, idp, name)
+        assert status == 302, f"{name}'s login through the provider: HTTP {status}: {text[:500]}"
+        return headers.get("Location", "")
+    return signed_in
+
+
 
 
 @dataclass(frozen=True)

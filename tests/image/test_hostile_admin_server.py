@@ -50,10 +50,9 @@ def admin(launch) -> str:
 
 
 @pytest.fixture(scope="module")
-def admin_kernel(admin, settings, hub_client, credentials, login_and_start, open_kernel):
-    """A kernel of the admin's own server, logged in with the admin's issued password."""
-    if settings["authenticator"] not in ("firstuse", "native"):
-        pytest.skip("the admin's server is reached through the login form here")
+def admin_kernel(admin, hub_client, credentials, login_and_start, open_kernel):
+    """A kernel of the admin's own server, logged in with the settings' login (the form
+    with the admin's issued password, or the login provider)."""
     session = login_and_start(hub_client(), admin, credentials.admin_password(admin))
     kernel = open_kernel(session)
     yield kernel

@@ -27,7 +27,7 @@ def microseconds(value: str) -> float:
 
 
 def test_login_never_redirects_off_site(student):
-    """The login form got ?next=//evil.example/x: the hub must ignore it."""
+    """The login got ?next=//evil.example/hub/spawn: the hub must not leave its site."""
     target = urllib.parse.urlsplit(student.login_location)
     assert not target.netloc and student.login_location.startswith("/"), student.login_location
 
@@ -132,3 +132,19 @@ def test_login_cookies_are_secure_and_http_only(student):
     for cookie in cookies:
         assert cookie.secure, f"{cookie.name} is not Secure"
         assert cookie.has_nonstandard_attr("HttpOnly"), f"{cookie.name} is not HttpOnly"
+
+
+def test_jupyterlab_asks_for_no_news_and_no_updates(student):
+    """An offline class: JupyterLab neither offers Jupyter's news feed nor checks for a new
+    version (provision/files/user/lab-overrides.json), as the student's own Lab reads
+    its settings."""
+    base = f"/user/{student.name}"
+    student.client.get(f"{base}/lab")  # the server's _xsrf cookie
+    headers = {"X-XSRFToken": student.client.cookie("_xsrf", base) or ""}
+    status, _, text = student.client.request(
+        "GET", f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification",
+        headers=headers)
+    assert status == 200, f"the Lab's settings: HTTP {status}: {text[:300]}"
+    composite = json.loads(text)["settings"]
+    assert composite.get("fetchNews") == "false" and composite.get("checkForUpdates") is False, \
+        composite

@@ -11,12 +11,8 @@ from hubkiln.errors import BuildError
 from hubkiln.stages import artifacts
 from hubkiln.validation import imagetest
 from hubkiln.validation.engines import FAILED_MARKER, parse_junit, read_reports, record_validation
-from hubkiln.validation.imagetest import (
-    pytest_command,
-    render_ssh_config,
-    validation_launch_document,
-    validation_memory_mib,
-)
+from hubkiln.validation.imagetest import pytest_command, validation_memory_mib
+from hubkiln.validation.material import render_ssh_config, validation_launch_document
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="4">

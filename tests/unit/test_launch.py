@@ -835,6 +835,17 @@ def test_an_expired_acme_ca_root_is_refused(in_tmp):
     assert the_problem(path) == "launch.yaml: acme_ca_root: has expired"
 
 
+@needs_openssl
+def test_an_expired_login_provider_root_is_refused(in_tmp):
+    old, _ = make_expired_cert(in_tmp)
+    path = write(in_tmp, "")
+    path.write_text(yaml.safe_dump({"users": ["a"], "domain": "hub.example.org", "oauth": {
+        "client_id": "c", "client_secret": "s", "authorize_url": "https://idp.example/a",
+        "token_url": "https://idp.example/t", "userdata_url": "https://idp.example/u",
+        "ca_certificate": old.read_text()}}))
+    assert the_problem(path) == "launch.yaml: oauth.ca_certificate: has expired"
+
+
 def test_a_local_launch_drops_the_acme_ca_with_the_domain(in_tmp):
     path = write(in_tmp, f"users: [a]\ndomain: hub.example.org\nacme_ca: {UNI_CA}\n")
     launch, notes = local_launch(load_launch(path, openssl=None))

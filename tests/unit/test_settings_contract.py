@@ -14,6 +14,7 @@ tests/image/test_limits.py, which makes a student's kernel exceed it.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import shutil
@@ -69,13 +70,19 @@ def maximal_launch(folder: Path) -> dict:
                   "authorize_url": "https://login.uni.example/authorize",
                   "token_url": "https://login.uni.example/token",
                   "userdata_url": "https://login.uni.example/userinfo",
-                  "username_claim": "email", "scope": ["openid", "email"]},
+                  "username_claim": "email", "scope": ["openid", "email"],
+                  "ca_certificate": root},
         "tls": {"certificate": certificate, "key": key},
         "class_schedule": {"timezone": "Europe/Berlin", "prestart_minutes": 10,
                            "memory_reserve": "512M",
                            "sessions": [{"days": ["mon", "wed"], "start": "09:00",
                                          "minutes": 90}]},
     }
+
+
+def root_of(folder: Path) -> str:
+    """The root certificate maximal_launch gives (acme_ca_root, oauth.ca_certificate)."""
+    return (folder / "root.crt").read_text()
 
 
 def keys_set(data, path=""):
@@ -133,7 +140,7 @@ def test_the_maximal_launch_sets_every_launch_key(tmp_path):
             items = rules.resolve(child.get("items", {}), rules.schema())
             if "properties" in items:
                 stack.append((here + "[]", items))
-    lti_only = {"oauth.issuer", "oauth.jwks_endpoint"}
+    lti_only = {"oauth.issuer", "oauth.jwks_endpoint", "oauth.courses", "oauth.frame_ancestors"}
     assert every - lti_only - set(keys_set(maximal_launch(tmp_path))) == set()
 
 
@@ -155,6 +162,9 @@ def test_a_maximal_profile_and_launch_become_the_hub_configuration(tmp_path, mon
     assert c.GenericOAuthenticator.token_url == "https://login.uni.example/token"
     assert c.GenericOAuthenticator.userdata_url == "https://login.uni.example/userinfo"
     assert c.GenericOAuthenticator.username_claim == "email"
+    # the provider's own root, trusted for its endpoints only
+    assert document["oauth"]["ca_certificate"] == root_of(tmp_path)
+    assert c.OAuthenticator.http_request_kwargs == {"ca_certs": str(hub.LOGIN_CA_ROOT)}
     # the students' servers (profile: memory 1.5G, cpu 0.5, tasks 256, notebook)
     assert c.Spawner.mem_limit == "1.5G"
     assert c.Spawner.cpu_limit == 0.5
@@ -183,6 +193,10 @@ def test_a_maximal_profile_and_launch_become_the_hub_configuration(tmp_path, mon
     # the services (profile: culling after 30 minutes; launch: a class schedule)
     services = {s["name"]: s for s in c.JupyterHub.services}
     assert "--timeout=1800" in services["idle-culler"]["command"]
+    # 30 minutes: the hub learns of each server's activity within 5 minutes (a sixth),
+    # from the server's reports and from the proxy (JupyterHub's 60 s)
+    assert c.Spawner.environment["JUPYTERHUB_ACTIVITY_INTERVAL"] == "300"
+    assert c.JupyterHub.last_activity_interval == 60
     assert "class-prestart" in services
     assert settings["class_schedule"]["timezone"] == "Europe/Berlin"
     assert settings["class_schedule"]["memory_reserve"] == "512M"
@@ -221,3 +235,37 @@ def test_a_password_login_profile_and_the_example_launch(tmp_path, monkeypatch):
     assert "class-prestart" not in {s["name"] for s in c.JupyterHub.services}
     assert sys.executable in next(s for s in c.JupyterHub.services
                                   if s["name"] == "idle-culler")["command"]
+
+
+def test_an_lti_launch_becomes_the_hubs_lti_configuration(tmp_path, monkeypatch):
+    """The LTI 1.3 keys (the lti13 variant of the ci profile): the course, the frames and
+    cookies an LMS needs, the LMS's own root."""
+    root = make_cert(tmp_path, "root", "LMS Root CA")[0].read_text()
+    launch = {"domain": "hub.example.org", "users": ["alice"], "admins": ["prof"],
+              "oauth": {"client_id": "tool-1", "authorize_url": "https://lms.uni.example/auth",
+                        "issuer": "https://lms.uni.example",
+                        "jwks_endpoint": "https://lms.uni.example/jwks",
+                        "username_claim": "custom_username", "courses": ["c-42"],
+                        "frame_ancestors": ["https://moodle.uni.example"],
+                        "ca_certificate": root}}
+    trusted = []
+    monkeypatch.setattr(sys.modules.get("hubkiln_lti") or guest.load_module(
+        "hubkiln_lti", FILES / "hub" / "hubkiln_lti.py"), "trust_lms_root", trusted.append)
+    _, c, _, document = through_the_image(PROJECT / "tests/variants/lti13.yaml", launch,
+                                          tmp_path, monkeypatch)
+    assert c.JupyterHub.authenticator_class == "hubkiln_lti.HubkilnLTI13Authenticator"
+    assert c.LTI13Authenticator.client_id == {"tool-1"}
+    assert c.LTI13Authenticator.username_key == "custom_username"
+    assert c.HubkilnLTI13Authenticator.courses == {"c-42"}
+    assert c.Authenticator.manage_groups is True
+    assert trusted == [hub.LOGIN_CA_ROOT]
+    policy = "frame-ancestors 'self' https://moodle.uni.example"
+    assert c.JupyterHub.tornado_settings["headers"]["Content-Security-Policy"] == policy
+    assert c.JupyterHub.tornado_settings["cookie_options"] == {"samesite": "None",
+                                                               "secure": True}
+    # the servers' own pages: the same policy, as SystemdSpawner passes the argument on
+    server = c.Spawner.args[-1].format(USERNAME="alice", USERID=7)
+    assert server.startswith("--ServerApp.tornado_settings=")
+    assert ast.literal_eval(server.split("=", 1)[1]) == {
+        "headers": {"Content-Security-Policy": policy},
+        "xsrf_cookie_kwargs": {"samesite": "None", "secure": True}}

@@ -37,6 +37,9 @@ from hubkiln_schema import read_yaml as read_yaml_text
 SETTINGS_DIR = Path("/etc/hubkiln/hub.d")
 PROFILE_DROPIN = "00-profile.yaml"
 LAUNCH_DROPIN = "50-launch.yaml"
+#: The login provider's own root certificate (launch setting oauth.ca_certificate),
+#: written by hubkiln-apply-launch; the hub trusts it for the provider's endpoints only.
+LOGIN_CA_ROOT = Path("/etc/hubkiln/tls/login-ca-root.crt")
 
 PASSWORD_AUTHENTICATORS = ("firstuse", "native")
 OAUTH_AUTHENTICATORS = ("github", "google", "generic-oauth", "lti13")
@@ -204,6 +207,27 @@ def prestart_culling_problem(schedule: dict[str, Any] | None,
     return (f"{lead} would let the idle culler (after {timeout} idle minutes, the image's "
             f"hub.idle_culling.timeout_minutes) stop a pre-started server {when}; it must "
             f"last {LATE_ARRIVAL_MINUTES} minutes into the class for late arrivals: {fix}")
+
+
+#: How often a student's server tells the hub it is in use, and how often the hub
+#: reads the proxy's record of each server's traffic (JupyterHub's defaults: 300 s, 60 s).
+ACTIVITY_REPORT_SECONDS = 300
+PROXY_POLL_SECONDS = 60
+
+
+def activity_intervals(idle_culling: dict[str, Any]) -> dict[str, int]:
+    """How often activity reaches the hub: `report` (JUPYTERHUB_ACTIVITY_INTERVAL, the
+    server's own reports: its API, its kernels) and `proxy_poll` (last_activity_interval,
+    the proxy's traffic), in seconds. The culler stops a server whose last activity the
+    hub knows is older than the timeout, so what the hub knows must be much fresher than
+    that: at most a sixth of the timeout old, never more than JupyterHub's defaults, and
+    not polled more often than every 10 s. (The culler itself checks every half timeout:
+    jupyterhub-idle-culler's default.)"""
+    if not idle_culling.get("enabled"):
+        return {"report": ACTIVITY_REPORT_SECONDS, "proxy_poll": PROXY_POLL_SECONDS}
+    sixth = idle_culling["timeout_minutes"] * 60 // 6
+    return {"report": max(10, min(ACTIVITY_REPORT_SECONDS, sixth)),
+            "proxy_poll": max(10, min(PROXY_POLL_SECONDS, sixth))}
 
 
 # ---------------------------------------------------------------- merging

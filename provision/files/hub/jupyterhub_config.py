@@ -11,10 +11,24 @@ import asyncio
 import os
 import sys
 
-from hubkiln_hub import UNIX_NAME, SettingsError, load_settings, unix_name
+import hubkiln_lti
+from hubkiln_hub import (
+    LOGIN_CA_ROOT,
+    UNIX_NAME,
+    SettingsError,
+    activity_intervals,
+    load_settings,
+    unix_name,
+)
 from hubkiln_prestart import service_config as prestart_service
 from hubkiln_schema import parse_size
 from hubkiln_spawner import HubkilnSpawner
+
+
+def systemd_spawner_literal(text: str) -> str:
+    """`text` as an argument SystemdSpawner passes on unchanged (it str.formats each)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
@@ -39,7 +53,11 @@ c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:8001"
 c.ConfigurableHTTPProxy.command = ["/opt/hubkiln/proxy/bin/configurable-http-proxy"]
 # auth_token: CONFIGPROXY_AUTH_TOKEN, from the unit's EnvironmentFile
 c.JupyterHub.cleanup_servers = False  # a hub restart leaves students' servers running
-c.JupyterHub.last_activity_interval = 60  # also re-adds proxy routes after a proxy restart
+# How fresh the hub's record of each server's activity is: the proxy's traffic, read
+# every proxy_poll seconds (which also re-adds routes after a proxy restart), and the
+# server's own reports (Spawner.environment below); fresh enough for the idle culler.
+activity = activity_intervals(settings["idle_culling"])
+c.JupyterHub.last_activity_interval = activity["proxy_poll"]
 
 # ---- state and secrets
 c.JupyterHub.db_url = f"sqlite:///{STATE}/jupyterhub.sqlite"
@@ -58,7 +76,8 @@ c.JupyterHub.authenticator_class = {
     "github": "oauthenticator.github.GitHubOAuthenticator",
     "google": "oauthenticator.google.GoogleOAuthenticator",
     "generic-oauth": "oauthenticator.generic.GenericOAuthenticator",
-    "lti13": "ltiauthenticator.lti13.auth.LTI13Authenticator",
+    # hubkiln_lti: the launch's course, admin and group; cookies and frames for an LMS.
+    "lti13": "hubkiln_lti.HubkilnLTI13Authenticator",
 }[auth]
 c.Authenticator.allowed_users = roster | admins
 c.Authenticator.allow_existing_users = False  # the roster is the authority
@@ -97,6 +116,10 @@ if auth in ("github", "google", "generic-oauth"):
     c.OAuthenticator.oauth_callback_url = f"https://{settings['domain']}/hub/oauth_callback"
     if oauth.get("scope"):
         c.OAuthenticator.scope = oauth["scope"]
+    if oauth.get("ca_certificate"):
+        # A provider with a private CA: trusted for its endpoints only (hubkiln-apply-launch
+        # writes the launch's oauth.ca_certificate there).
+        c.OAuthenticator.http_request_kwargs = {"ca_certs": str(LOGIN_CA_ROOT)}
 if auth == "generic-oauth":
     c.GenericOAuthenticator.authorize_url = oauth["authorize_url"]
     c.GenericOAuthenticator.token_url = oauth["token_url"]
@@ -109,6 +132,20 @@ if auth == "lti13":
     c.LTI13Authenticator.jwks_endpoint = oauth["jwks_endpoint"]
     c.LTI13Authenticator.username_key = oauth.get("username_claim", "email")
     c.LTI13Authenticator.uri_scheme = "https"
+    c.HubkilnLTI13Authenticator.courses = set(oauth.get("courses") or [])
+    c.Authenticator.manage_groups = True  # each launch's course is its user's group
+    if oauth.get("ca_certificate"):
+        hubkiln_lti.trust_lms_root(LOGIN_CA_ROOT)
+    # A launch is a cross-site form post, often in the LMS's frame: the hub's cookies
+    # must come back with it (SameSite=None; the servers get the same options from the
+    # hub), and the LMS may frame the hub and the servers.
+    lms_origins = hubkiln_lti.frame_ancestors(oauth)
+    c.JupyterHub.tornado_settings = {
+        "cookie_options": dict(hubkiln_lti.CROSS_SITE_COOKIES),
+        "xsrf_cookie_kwargs": dict(hubkiln_lti.CROSS_SITE_COOKIES),
+        "headers": {"Content-Security-Policy":
+                    hubkiln_lti.content_security_policy(lms_origins)},
+    }
 
 
 # ---- students' servers: one systemd unit per student, as their own Unix account;
@@ -140,9 +177,13 @@ c.Spawner.default_url = {"lab": "/lab", "notebook": "/tree"}[settings["default_u
 # ports, and the kernel died (issue 14). The sockets are also out of every other
 # student's reach (PrivateTmp). jupyter_lsp, a server extension with no language
 # server in the image, only costs each start 0.15 s of CPU scanning for some.
-c.Spawner.environment = {"JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime"}
-c.Spawner.args = ["--KernelManager.transport=ipc",
-                  "--ServerApp.jpserver_extensions={{'jupyter_lsp': False}}"]
+c.Spawner.environment = {"JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+                         "JUPYTERHUB_ACTIVITY_INTERVAL": str(activity["report"])}
+c.Spawner.args = ["--KernelManager.transport=ipc", "--ServerApp.jpserver_extensions="
+                  + systemd_spawner_literal(repr({"jupyter_lsp": False}))]
+if auth == "lti13":
+    c.Spawner.args.append("--ServerApp.tornado_settings=" + systemd_spawner_literal(
+        repr(hubkiln_lti.server_tornado_settings(lms_origins))))
 c.Spawner.disable_user_config = True
 c.Spawner.ip = "127.0.0.1"
 c.Spawner.mem_limit = limits["memory"]
