@@ -408,6 +408,13 @@ class HubClient:
             self.last_set_cookies = error.headers.get_all("Set-Cookie") or []
             return error.code, dict(error.headers), error.read().decode(errors="replace")
 
+    def api(self, path: str) -> tuple[int, Any]:
+        """GET a hub API path with the client's _xsrf token: (status, the JSON model, or
+        the text of an error)."""
+        headers = {"X-XSRFToken": self.cookie("_xsrf", "/hub") or ""}
+        status, _, text = self.request("GET", path, headers=headers)
+        return status, json.loads(text) if status == 200 else text
+
     def get(self, path: str, *, follow: bool = True, headers: dict[str, str] | None = None,
             timeout: float | None = None) -> tuple[int, dict[str, str], str, str]:
         """GET, following same-site redirects: (status, headers, text, final path)."""
@@ -805,27 +812,32 @@ OAUTH_LOGINS = ("generic-oauth",)
 HIDDEN_FIELD = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
 
 
-@pytest.fixture(scope="session")
-def idp():
-    """The login provider of the settings' OAuth login, started on the test host from
-    HUBKILN_TEST_IDP (hubkiln/validation/material.py writes it), or None without one."""
-    path = os.environ.get("HUBKILN_TEST_IDP")
+def started_from(variable: str, module_file: str, make: Any):
+    """Yield the server the validation describes in the JSON file `variable` names, made
+    by make(module, description) from tests/image/`module_file` and started; None
+    without the variable."""
+    path = os.environ.get(variable)
     if not path:
         yield None
         return
     from hubkiln.config.guest import load_module
 
-    module = load_module("hubkiln_test_idp", Path(__file__).with_name("idp.py"))
-    IdentityProvider, IdpConfig = module.IdentityProvider, module.IdpConfig
+    module = load_module(f"hubkiln_test_{Path(module_file).stem}",
+                         Path(__file__).with_name(module_file))
+    with make(module, json.loads(Path(path).read_text(encoding="utf-8"))) as server:
+        yield server
 
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    config = IdpConfig(host=data["host"], port=data["port"],
-                       certificate=Path(data["certificate"]), key=Path(data["key"]),
-                       client_id=data["client_id"], client_secret=data["client_secret"],
-                       redirect_uris=tuple(data["redirect_uris"]),
-                       directory=data["directory"], passwords=data["passwords"])
-    with IdentityProvider(config) as provider:
-        yield provider
+
+@pytest.fixture(scope="session")
+def idp():
+    """The login provider of the settings' OAuth login, started on the test host from
+    HUBKILN_TEST_IDP (hubkiln/validation/material.py writes it), or None without one."""
+    yield from started_from("HUBKILN_TEST_IDP", "idp.py", lambda module, data: (
+        module.IdentityProvider(module.IdpConfig(
+            host=data["host"], port=data["port"], certificate=Path(data["certificate"]),
+            key=Path(data["key"]), client_id=data["client_id"],
+            client_secret=data["client_secret"], redirect_uris=tuple(data["redirect_uris"]),
+            directory=data["directory"], passwords=data["passwords"]))))
 
 
 def provider_callback(client: HubClient, provider: Any, name: str,
@@ -863,21 +875,13 @@ def provider_sign_in(client: HubClient, provider: Any, name: str,
 def lms():
     """The LMS of the settings' LTI 1.3 login, started on the test host from
     HUBKILN_TEST_LMS (hubkiln/validation/material.py writes it), or None without one."""
-    path = os.environ.get("HUBKILN_TEST_LMS")
-    if not path:
-        yield None
-        return
-    from hubkiln.config.guest import load_module
-
-    module = load_module("hubkiln_test_lms", Path(__file__).with_name("lms.py"))
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    config = module.LmsConfig(
-        host=data["host"], port=data["port"], certificate=Path(data["certificate"]),
-        key=Path(data["key"]), client_id=data["client_id"], deployment_id=data["deployment_id"],
-        tool_login_url=data["tool_login_url"], tool_redirect_uris=tuple(data["tool_redirect_uris"]),
-        people=data["people"], courses=data["courses"])
-    with module.SimulatedLms(config) as simulated:
-        yield simulated
+    yield from started_from("HUBKILN_TEST_LMS", "lms.py", lambda module, data: (
+        module.SimulatedLms(module.LmsConfig(
+            host=data["host"], port=data["port"], certificate=Path(data["certificate"]),
+            key=Path(data["key"]), client_id=data["client_id"],
+            deployment_id=data["deployment_id"], tool_login_url=data["tool_login_url"],
+            tool_redirect_uris=tuple(data["tool_redirect_uris"]), people=data["people"],
+            courses=data["courses"]))))
 
 
 def lms_launch_page(client: HubClient, lms: Any, name: str, course: str) -> tuple[str, dict]:

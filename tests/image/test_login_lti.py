@@ -45,14 +45,8 @@ def lms_module():
     return load_module("hubkiln_test_lms", Path(__file__).with_name("lms.py"))
 
 
-def hub_api(client, path: str) -> tuple[int, Any]:
-    api = {"X-XSRFToken": client.cookie("_xsrf", "/hub") or ""}
-    status, _, text = client.request("GET", path, headers=api)
-    return status, json.loads(text) if status == 200 else text
-
-
 def test_a_roster_student_is_a_student_of_the_course(lms_of, student, admin_client):
-    status, model = hub_api(admin_client[1], f"/hub/api/users/{student.name}")
+    status, model = admin_client[1].api(f"/hub/api/users/{student.name}")
     assert status == 200, model
     assert model["admin"] is False
     assert model["groups"] == ["course-ci-101"], model  # the course's label, CI 101
@@ -67,7 +61,7 @@ def test_the_courses_instructor_is_the_hubs_admin(lms_of, admin_client, journal)
     status, _, _, _ = client.get("/hub/admin", follow=False)
     assert status == 200, f"{name}, the course's Instructor, is no hub admin" + journal(
         "jupyterhub.service")
-    status, model = hub_api(client, f"/hub/api/users/{name}")
+    status, model = client.api(f"/hub/api/users/{name}")
     assert status == 200 and model["admin"] is True
 
 
@@ -83,7 +77,7 @@ def test_outside_the_roster_or_the_course_is_refused(lms_of, provider_pages, hub
     assert status == 403, f"{name}'s launch from {course}: HTTP {status}: {text[:300]}"
     assert client.cookie("jupyterhub-hub-login") is None
     if name == IDP_STRANGER:
-        status, _ = hub_api(admin_client[1], f"/hub/api/users/{name}")
+        status, _ = admin_client[1].api(f"/hub/api/users/{name}")
         assert status == 404, "the hub keeps an account of the refused stranger"
 
 

@@ -16,7 +16,6 @@ nobody in.
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from typing import Any
 
@@ -36,12 +35,6 @@ def provider(settings: dict[str, Any], idp):
     return idp
 
 
-def hub_api(client, path: str) -> tuple[int, Any]:
-    api = {"X-XSRFToken": client.cookie("_xsrf", "/hub") or ""}
-    status, _, text = client.request("GET", path, headers=api)
-    return status, json.loads(text) if status == 200 else text
-
-
 def test_a_roster_student_logs_in_with_the_launchs_scopes_and_claim(provider, student,
                                                                     launch):
     grants = [event for event in provider.events
@@ -54,7 +47,7 @@ def test_a_roster_student_logs_in_with_the_launchs_scopes_and_claim(provider, st
     # the hub read the user info (not only the ID token) and named the student by it
     assert any(event["endpoint"] == "userinfo" and event.get("user") == student.name
                for event in provider.events)
-    status, model = hub_api(student.client, f"/hub/api/users/{student.name}")
+    status, model = student.client.api(f"/hub/api/users/{student.name}")
     assert status == 200 and model["name"] == student.name
     assert model["admin"] is False
 
@@ -64,7 +57,7 @@ def test_the_admin_is_the_hubs_admin(admin_client, provider, journal):
     status, _, _, _ = client.get("/hub/admin", follow=False)
     assert status == 200, f"{name} logged in through the provider but is no admin" + journal(
         "jupyterhub.service")
-    status, model = hub_api(client, f"/hub/api/users/{name}")
+    status, model = client.api(f"/hub/api/users/{name}")
     assert status == 200 and model["admin"] is True, model
 
 
@@ -83,7 +76,7 @@ def test_a_stranger_the_provider_vouches_for_is_refused(provider, provider_pages
     # the provider did vouch for the stranger: the hub refused, not the provider
     assert any(event["endpoint"] == "userinfo" and event.get("user") == IDP_STRANGER
                for event in provider.events)
-    status, _ = hub_api(admin_client[1], f"/hub/api/users/{IDP_STRANGER}")
+    status, _ = admin_client[1].api(f"/hub/api/users/{IDP_STRANGER}")
     assert status == 404, "the hub keeps an account of the refused stranger"
 
 

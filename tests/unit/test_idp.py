@@ -7,9 +7,7 @@ The client trusts only that CA, so every exchange also proves the certificate is
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
-import ipaddress
 import json
 import ssl
 import urllib.error
@@ -21,15 +19,14 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from throwaway_tls import server_tls
 
 from hubkiln.config.guest import load_module
 
-idp = load_module("idp", Path(__file__).resolve().parents[1] / "image" / "idp.py")
+idp = load_module("hubkiln_test_idp", Path(__file__).resolve().parents[1] / "image" / "idp.py")
 
 CLIENT_ID = "hubkiln-hub"
 CLIENT_SECRET = "s3cr3t-Kx_9-value"
@@ -55,40 +52,10 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # the test reads the 302 itself
 
 
-def _certificate(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool):
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(issuer_name).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = (builder
-                   .add_extension(x509.SubjectAlternativeName(
-                       [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                                  critical=False))
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory) -> dict[str, Path]:
     """A throwaway CA and its certificate for 127.0.0.1 (IP SAN), as PEM files."""
-    folder = tmp_path_factory.mktemp("tls")
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "idp test CA")])
-    ca = _certificate("idp test CA", ca_key, ca_name, ca_key, ca=True)
-    server = _certificate("127.0.0.1", server_key, ca_name, ca_key, ca=False)
-    paths = {name: folder / f"{name}.pem" for name in ("ca", "certificate", "key")}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["certificate"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return paths
+    return server_tls(tmp_path_factory.mktemp("tls"), "idp test CA")
 
 
 @pytest.fixture(scope="module")
