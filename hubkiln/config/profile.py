@@ -217,6 +217,27 @@ def check_paths(
     return problems, resolved
 
 
+#: The systems whose security updates are an archive of their own, beside the main one.
+SEPARATE_SECURITY_ARCHIVE = frozenset({"debian-12"})
+
+
+def check_mirrors(base: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    """`apt_security_mirror` goes with `apt_mirror`, and a system whose security updates
+    are an archive of their own needs it with a mirror. (A `base` of the wrong shape is
+    the schema's to report.)"""
+    if not isinstance(base, dict):
+        return []
+    if base.get("apt_security_mirror") and not base.get("apt_mirror"):
+        return [(("base", "apt_security_mirror"), "is used only with base.apt_mirror (without "
+                 "a mirror the distribution's own security archive is used)")]
+    if base.get("apt_mirror") and not base.get("apt_security_mirror") and \
+            str(base.get("os")) in SEPARATE_SECURITY_ARCHIVE:
+        return [(("base", "apt_security_mirror"), f"is needed with base.apt_mirror on "
+                 f"{base['os']}: its security updates are an archive of their own (a mirror "
+                 "often carries it beside the main one, as .../debian-security)")]
+    return []
+
+
 def check_admin_names(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     """Admin names the image would refuse (the guest's rules: reserved names, and Unix
     names with a password login)."""
@@ -266,6 +287,7 @@ def load_profile(ref: str | os.PathLike, profiles_dir: Path = PROFILES_DIR) -> P
     path_problems, resolved = check_paths(data, provenance)
     found.extend(path_problems)
     found.extend(check_admin_names(data))
+    found.extend(check_mirrors(data.get("base")))
     if found:
         messages = sorted(
             {f"{display_path(origin_of(kp, provenance, top))}: {format_keypath(kp)}: {msg}"

@@ -50,8 +50,9 @@ def digest(*parts: Any) -> str:
 def base_key(profile: Profile) -> str:
     """Cache key of the bootstrapped OS."""
     base = profile["base"]
-    return digest("base", base["os"], base["apt_mirror"], rootfs.package_list(base["os"]),
-                  Path(rootfs.__file__), Path(disk.__file__), Path(grub.__file__))
+    return digest("base", base["os"], base["apt_mirror"], base["apt_security_mirror"],
+                  rootfs.package_list(base["os"]), Path(rootfs.__file__), Path(disk.__file__),
+                  Path(grub.__file__))
 
 
 def layer_key(parent: str, steps: list[Step], env: dict[str, str]) -> str:

@@ -107,6 +107,7 @@ def _build(profile_ref: str, *, accelerator: str | None, validate: bool,
     cache["rootfs"] = "hit" if ensure_cached(
         os_tree,
         lambda dest: rootfs.bootstrap_rootfs(base["os"], dest, mirror=base["apt_mirror"],
+                                             security_mirror=base["apt_security_mirror"],
                                              apt_proxy=base["apt_proxy"],
                                              log=paths.logs / "rootfs.log"),
         progress, "rootfs", f"bootstrap {base['os']}", paths.logs / "rootfs.log",

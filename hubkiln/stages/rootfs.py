@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubkiln.config.profile import SEPARATE_SECURITY_ARCHIVE
 from hubkiln.errors import BuildError, PreflightError
 from hubkiln.paths import KEYRING_DIR
 from hubkiln.proc import run
@@ -121,7 +122,7 @@ OSES: dict[str, OsSpec] = {
         components=("main", "universe"),
         packages=("linux-image-virtual", "ubuntu-keyring", *COMMON_PACKAGES),
         keyring=UBUNTU_KEYRING,
-        security_in_main_archive=True,
+        security_in_main_archive="ubuntu-24.04" not in SEPARATE_SECURITY_ARCHIVE,
     ),
     "debian-12": OsSpec(
         os_id="debian-12",
@@ -130,7 +131,7 @@ OSES: dict[str, OsSpec] = {
         components=("main",),
         packages=("linux-image-cloud-amd64", "debian-archive-keyring", *COMMON_PACKAGES),
         keyring=DEBIAN_KEYRING,
-        security_in_main_archive=False,
+        security_in_main_archive="debian-12" not in SEPARATE_SECURITY_ARCHIVE,
     ),
 }
 

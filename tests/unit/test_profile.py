@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hubkiln.config.profile import format_keypath, load_profile, parse_size
 from hubkiln.errors import ProfileError
@@ -194,3 +195,29 @@ def test_parse_size(text, size):
 def test_format_keypath():
     assert format_keypath(("content", "folders", 0, "source")) == "content.folders[0].source"
     assert format_keypath(()) == "(top level)"
+
+
+@pytest.mark.parametrize(("base", "problem"), [
+    ({"os": "debian-12", "apt_mirror": "http://127.0.0.1/debian"},
+     "base.apt_security_mirror: is needed with base.apt_mirror on debian-12"),
+    ({"apt_security_mirror": "http://127.0.0.1/debian-security"},
+     "base.apt_security_mirror: is used only with base.apt_mirror"),
+])
+def test_the_security_mirror_goes_with_the_mirror(tmp_path, base, problem):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "description": "d", "base": base}))
+    with pytest.raises(ProfileError) as error:
+        load_profile(path)
+    assert any(problem in message for message in error.value.problems), error.value.problems
+
+
+def test_a_debian_mirror_with_its_security_archive_is_a_profile(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "description": "d", "base": {
+        "os": "debian-12", "apt_mirror": "http://127.0.0.1/debian",
+        "apt_security_mirror": "http://127.0.0.1/debian-security"}}))
+    assert load_profile(path)["base"]["apt_security_mirror"].endswith("/debian-security")
+    # Ubuntu's security pocket is in its main archive: a mirror alone will do.
+    path.write_text(yaml.safe_dump({"name": "p", "description": "d", "base": {
+        "apt_mirror": "http://127.0.0.1/ubuntu"}}))
+    assert load_profile(path)["base"]["apt_security_mirror"] is None
