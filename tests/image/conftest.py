@@ -525,11 +525,13 @@ def student(host: Any, settings: dict[str, Any], hub_client, student_password: s
             _student_sessions[name] = login_and_spawn(
                 hub_client(), name, student_password,
                 code=credentials.enrolment_codes.get(name, ""), sign_in=sign_in)
-        except AssertionError as error:
+        except (AssertionError, OSError) as error:  # OSError: the front did not answer
             with as_root(host):
                 raise AssertionError(
                     f"{error}{unit_journal(host, f'jupyter-{name}-singleuser', 30)}"
-                    f"{unit_journal(host, 'jupyterhub.service', 80)}") from None
+                    f"{unit_journal(host, 'jupyterhub.service', 80)}"
+                    f"{unit_journal(host, 'hubkiln-front.service', 30)}"
+                    f"{unit_journal(host, 'fail2ban.service', 30)}") from None
     return _student_sessions[name]
 
 
